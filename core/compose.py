@@ -1,0 +1,176 @@
+"""Composition: OmegaConf specs -> validated settings -> component objects.
+
+A component node is ``{name: <registered name>, ...settings}``. Settings are checked
+against the component's ``Config`` dataclass in OmegaConf struct mode. Every error names
+the full key path and what would have been valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .registry import RegistryError, get_registry, unknown_name_message
+
+# top-level config key -> component kind
+COMPONENT_SECTIONS: dict[str, str] = {
+    "tokenizer": "tokenizers",
+    "backbone": "backbones",
+    "scheduler": "schedulers",
+    "vocoder": "vocoders",
+    "sampler": "samplers",
+    "attention": "attention",
+}
+
+# Plain (non-plugin) top-level sections and the dataclass that validates each one.
+# Modules that own a section add themselves here (e.g. ``vocab``, ``train``); a section
+# mapped to None is accepted without a schema.
+SECTION_SCHEMAS: dict[str, type | None] = {"meta": None}
+
+
+class ConfigError(ValueError):
+    """A config problem, with the full key path in the message."""
+
+
+def load_config(source: str | Path | dict | DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
+    """Load a YAML file (or take a mapping) and apply dotlist ``overrides`` (``a.b=c``)."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            cfg = OmegaConf.load(path)
+        except Exception as exc:  # noqa: BLE001 - yaml errors come in many types
+            raise ConfigError(f"{path}: not a valid YAML config: {exc}") from None
+    elif isinstance(source, DictConfig):
+        cfg = source.copy()
+    else:
+        cfg = OmegaConf.create(source)
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{source}: the top level of a config must be a mapping")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+    if overrides:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"bad override: {exc}") from None
+    return cfg
+
+
+def _type_name(tp: Any) -> str:
+    if tp is Any:
+        return "any"
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def validate_settings(schema: type, settings: dict[str, Any], path: str, what: str) -> Any:
+    """Validate ``settings`` against dataclass ``schema``; return a ``schema`` instance."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    for key in settings:
+        if key not in fields:
+            valid = sorted(fields)
+            msg = f"{path}.{key}: unknown key for {what}; valid keys: {', '.join(valid) or '(none)'}"
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            if close:
+                msg += f". Did you mean {close[0]!r}?"
+            raise ConfigError(msg)
+    base = OmegaConf.structured(schema)
+    OmegaConf.set_struct(base, True)
+    try:
+        merged = OmegaConf.merge(base, settings)
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = str(getattr(exc, "full_key", "") or getattr(exc, "key", "") or "")
+        top = key.split(".")[0].split("[")[0]
+        if top in hints and top in settings and "." not in key:
+            given = settings[top]
+            raise ConfigError(
+                f"{path}.{key}: expected {_type_name(hints[top])}, got {given!r} ({type(given).__name__})"
+            ) from None
+        msg = getattr(exc, "msg", str(exc)).splitlines()[0]
+        raise ConfigError(f"{path}.{key}: {msg}" if key else f"{path}: {msg}") from None
+    return obj
+
+
+def _as_dict(node: Any, path: str) -> dict[str, Any]:
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+    if isinstance(node, dict):
+        return dict(node)
+    if isinstance(node, ListConfig):
+        node = list(node)
+    raise ConfigError(f"{path}: expected a mapping like {{name: ..., ...settings}}, got {node!r}")
+
+
+def resolve_component(kind: str, node: Any, path: str) -> tuple[type, Any, str]:
+    """Validate one component node; return ``(class, settings instance, name)``."""
+    registry = get_registry()
+    if isinstance(node, str):  # shorthand: `scheduler: cosine`
+        node = {"name": node}
+    data = _as_dict(node, path)
+    if "name" not in data:
+        raise ConfigError(
+            f"{path}.name is missing: say which of the {kind} to use; registered {kind}: "
+            f"{', '.join(registry.names(kind)) or '(none)'}"
+        )
+    name = data.pop("name")
+    try:
+        cls = registry.get(kind, str(name))
+    except RegistryError as exc:
+        if "more than one plugin" in str(exc):
+            raise ConfigError(f"{path}.name: {exc}") from None
+        raise ConfigError(unknown_name_message(kind, str(name), registry.names(kind), path=f"{path}.name")) from None
+    settings = validate_settings(cls.Config, data, path, f"{kind} {name!r}")
+    return cls, settings, str(name)
+
+
+def build_component(kind: str, node: Any, path: str | None = None) -> Any:
+    """Validate ``node`` and construct the component: ``Class(settings)``."""
+    path = path or kind
+    cls, settings, _ = resolve_component(kind, node, path)
+    return cls(settings)
+
+
+def validate_config(cfg: DictConfig | dict) -> None:
+    """Check every section of a full config without building models. Raises ConfigError."""
+    data = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    valid = sorted(set(COMPONENT_SECTIONS) | set(SECTION_SCHEMAS))
+    for key in data:
+        key = str(key)
+        if key in COMPONENT_SECTIONS:
+            resolve_component(COMPONENT_SECTIONS[key], data[key], key)
+            _validate_nested_components(COMPONENT_SECTIONS[key], data[key], key)
+        elif key in SECTION_SCHEMAS:
+            schema = SECTION_SCHEMAS[key]
+            if schema is not None:
+                validate_settings(schema, _as_dict(data[key], key), key, f"section {key!r}")
+        else:
+            msg = f"{key}: unknown top-level key; valid keys: {', '.join(valid)}"
+            close = difflib.get_close_matches(key, valid, n=1)
+            if close:
+                msg += f". Did you mean {close[0]!r}?"
+            raise ConfigError(msg)
+
+
+def _validate_nested_components(kind: str, node: Any, path: str) -> None:
+    """Settings that are themselves component nodes of the same kind (e.g. per_modality)."""
+    if isinstance(node, str):
+        return
+    for key, value in _as_dict(node, path).items():
+        if isinstance(value, dict) and "name" in value:
+            resolve_component(kind, value, f"{path}.{key}")
+            _validate_nested_components(kind, value, f"{path}.{key}")

@@ -1,0 +1,52 @@
+"""The plugin contract: pluggy hook specifications.
+
+Every hook receives a ``register`` callback. A plugin calls ``register("name", SomeClass)``
+once per component it provides. Built-in components are registered through these very
+hooks (see ``diffuspeech/plugins/*/__init__.py``), so they have no privileges a third-party
+plugin lacks.
+
+    from diffuspeech import hookimpl
+
+    @hookimpl
+    def register_vocoders(register):
+        register("my_vocoder", MyVocoder)
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "diffuspeech"  # pluggy project name == entry-point group
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def register_tokenizers(register):
+    """Register speech tokenizers (subclasses of ``diffuspeech.SpeechTokenizer``)."""
+
+
+@hookspec
+def register_backbones(register):
+    """Register backbones (subclasses of ``diffuspeech.Backbone``)."""
+
+
+@hookspec
+def register_schedulers(register):
+    """Register masking schedules (subclasses of ``diffuspeech.MaskScheduler``)."""
+
+
+@hookspec
+def register_vocoders(register):
+    """Register vocoders (subclasses of ``diffuspeech.Vocoder``)."""
+
+
+@hookspec
+def register_samplers(register):
+    """Register decoding strategies (subclasses of ``diffuspeech.Sampler``)."""
+
+
+@hookspec
+def register_attention(register):
+    """Register attention policies (subclasses of ``diffuspeech.AttentionPolicy``)."""

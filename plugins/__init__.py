@@ -1,0 +1,1 @@
+"""Built-in plugins. Each sub-package registers its components through the public hooks."""

@@ -1,0 +1,8 @@
+"""Built-in tokenizers, registered through the same hook third-party plugins use."""
+
+from diffuspeech.hookspecs import hookimpl
+
+
+@hookimpl
+def register_tokenizers(register):
+    pass
