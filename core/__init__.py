@@ -5,6 +5,7 @@ from .backbone import Backbone
 from .component import Component
 from .compose import ConfigError, build_component, load_config, validate_config
 from .hookspecs import hookimpl
+from .noiser import Noiser
 from .registry import get_registry
 from .sampler import Sampler
 from .scheduler import MaskScheduler
@@ -19,6 +20,7 @@ __all__ = [
     "Component",
     "ConfigError",
     "MaskScheduler",
+    "Noiser",
     "Sampler",
     "SpeechTokenizer",
     "Vocoder",

@@ -26,12 +26,25 @@ COMPONENT_SECTIONS: dict[str, str] = {
     "vocoder": "vocoders",
     "sampler": "samplers",
     "attention": "attention",
+    "noiser": "noisers",
 }
 
-# Plain (non-plugin) top-level sections and the dataclass that validates each one.
-# Modules that own a section add themselves here (e.g. ``vocab``, ``train``); a section
-# mapped to None is accepted without a schema.
-SECTION_SCHEMAS: dict[str, type | None] = {"meta": None}
+# Plain (non-plugin) top-level sections and what validates each one: a dataclass, a
+# function ``(node, path) -> Any`` raising ConfigError, or None (accepted as is).
+# Modules that own a section add themselves here (e.g. ``vocab``, ``tasks``, ``train``).
+SECTION_SCHEMAS: dict[str, Any] = {"meta": None}
+SECTION_OWNERS = ("diffuspeech.vocab", "diffuspeech.formats", "diffuspeech.objective", "diffuspeech.training")
+
+
+def _import_section_owners() -> None:
+    import importlib
+
+    for module in SECTION_OWNERS:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
 
 
 class ConfigError(ValueError):
@@ -148,6 +161,7 @@ def build_component(kind: str, node: Any, path: str | None = None) -> Any:
 def validate_config(cfg: DictConfig | dict) -> None:
     """Check every section of a full config without building models. Raises ConfigError."""
     data = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    _import_section_owners()
     valid = sorted(set(COMPONENT_SECTIONS) | set(SECTION_SCHEMAS))
     for key in data:
         key = str(key)
@@ -156,8 +170,10 @@ def validate_config(cfg: DictConfig | dict) -> None:
             _validate_nested_components(COMPONENT_SECTIONS[key], data[key], key)
         elif key in SECTION_SCHEMAS:
             schema = SECTION_SCHEMAS[key]
-            if schema is not None:
+            if isinstance(schema, type):
                 validate_settings(schema, _as_dict(data[key], key), key, f"section {key!r}")
+            elif callable(schema):
+                schema(data[key], key)
         else:
             msg = f"{key}: unknown top-level key; valid keys: {', '.join(valid)}"
             close = difflib.get_close_matches(key, valid, n=1)

@@ -50,3 +50,8 @@ def register_samplers(register):
 @hookspec
 def register_attention(register):
     """Register attention policies (subclasses of ``diffuspeech.AttentionPolicy``)."""
+
+
+@hookspec
+def register_noisers(register):
+    """Register training noisers (subclasses of ``diffuspeech.Noiser``)."""

@@ -23,6 +23,7 @@ import pluggy
 from . import hookspecs
 from .attention import AttentionPolicy
 from .backbone import Backbone
+from .noiser import Noiser
 from .sampler import Sampler
 from .scheduler import MaskScheduler
 from .tokenizer import SpeechTokenizer
@@ -49,6 +50,7 @@ KINDS: dict[str, Kind] = {
         Kind("vocoders", "register_vocoders", Vocoder),
         Kind("samplers", "register_samplers", Sampler),
         Kind("attention", "register_attention", AttentionPolicy),
+        Kind("noisers", "register_noisers", Noiser),
     )
 }
 

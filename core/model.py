@@ -1,0 +1,218 @@
+"""A composed model: components built from one config, saved with provenance.
+
+A saved model is a folder::
+
+    config.yaml          the resolved config (asset paths relative to the folder)
+    model.safetensors    weights of every nn.Module component, keys "<section>.<param>"
+    provenance.json      per component: registered name, kind, providing package + version
+    assets/              files the config points at (centroids, tokenizer.json, ...)
+
+Path convention: a string setting named ``path`` or ``*_path`` (and ``vocab.text_tokenizer``)
+that is relative is resolved against the config's folder (the model folder, or the YAML
+file's folder), so configs and models can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .compose import COMPONENT_SECTIONS, ConfigError, build_component, load_config, validate_config
+from .formats import TaskSpec, parse_tasks
+from .registry import RegistryError, get_registry
+from .vocab import Vocab, VocabConfig
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+PROVENANCE = "provenance.json"
+ASSETS = "assets"
+
+
+def _is_path_key(key: str) -> bool:
+    return key == "path" or key.endswith("_path") or key == "text_tokenizer"
+
+
+def _map_paths(node: Any, fn) -> Any:
+    """Apply ``fn(value)`` to every path-like string setting in a plain container."""
+    if isinstance(node, dict):
+        return {k: (fn(v) if _is_path_key(str(k)) and isinstance(v, str) and v else _map_paths(v, fn)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_map_paths(v, fn) for v in node]
+    return node
+
+
+def resolve_paths(cfg: DictConfig, base_dir: str | Path | None) -> DictConfig:
+    """Make relative path settings absolute against ``base_dir``."""
+    if base_dir is None:
+        return cfg
+    base = Path(base_dir).resolve()
+    data = OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.create(_map_paths(data, lambda v: v if os.path.isabs(v) else str(base / v)))
+
+
+class SpeechDiffusionModel:
+    """Tokenizer, backbone, scheduler, vocoder, sampler, attention, noiser + vocab + tasks."""
+
+    def __init__(self, config: DictConfig | dict, base_dir: str | Path | None = None) -> None:
+        cfg = config if isinstance(config, DictConfig) else OmegaConf.create(config)
+        validate_config(cfg)
+        self.config = resolve_paths(cfg, base_dir)
+        self.vocab = Vocab(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(VocabConfig), self.config.get("vocab", {}))))
+        self.tasks: dict[str, TaskSpec] = parse_tasks(self.config.get("tasks"))
+        self.components: dict[str, Any] = {}
+        for section, kind in COMPONENT_SECTIONS.items():
+            if section in self.config and self.config[section] is not None:
+                self.components[section] = build_component(kind, self.config[section], section)
+
+    @classmethod
+    def from_config_file(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "SpeechDiffusionModel":
+        return cls(load_config(path, overrides), base_dir=Path(path).parent)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in COMPONENT_SECTIONS:
+            return self.__dict__.get("components", {}).get(name)
+        raise AttributeError(name)
+
+    # ----------------------------------------------------------------- weights
+    def modules(self) -> dict[str, nn.Module]:
+        return {k: v for k, v in self.components.items() if isinstance(v, nn.Module)}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for section, module in self.modules().items():
+            for key, value in module.state_dict().items():
+                out[f"{section}.{key}"] = value
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        modules = self.modules()
+        grouped: dict[str, dict[str, torch.Tensor]] = {k: {} for k in modules}
+        unexpected = []
+        for key, value in state.items():
+            section, _, rest = key.partition(".")
+            if section in grouped:
+                grouped[section][rest] = value
+            else:
+                unexpected.append(key)
+        problems = []
+        for section, module in modules.items():
+            result = module.load_state_dict(grouped[section], strict=False)
+            problems += [f"missing {section}.{k}" for k in result.missing_keys]
+            problems += [f"unexpected {section}.{k}" for k in result.unexpected_keys]
+        problems += [f"unexpected {k} (no component {k.partition('.')[0]!r} in the config)" for k in unexpected]
+        if strict and problems:
+            raise RuntimeError("weights do not match the composed model:\n  " + "\n  ".join(problems[:50]))
+
+    # ----------------------------------------------------------------- provenance
+    def provenance(self) -> dict[str, Any]:
+        registry = get_registry()
+        comps = {}
+        for section, kind in COMPONENT_SECTIONS.items():
+            if section not in self.components:
+                continue
+            node = self.config[section]
+            name = node if isinstance(node, str) else node["name"]
+            reg = registry.registration(kind, str(name))
+            comps[section] = {"kind": kind, "name": reg.name, "package": reg.package, "version": reg.version, "plugin": reg.plugin}
+        return {
+            "format": "diffuspeech-model/1",
+            "diffuspeech_version": __version__,
+            "torch_version": torch.__version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "components": comps,
+        }
+
+    def save(self, directory: str | Path, copy_assets: bool = True, extra: dict[str, Any] | None = None) -> Path:
+        """Write the model folder atomically (a crash never leaves a half-written folder)."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            data = OmegaConf.to_container(self.config, resolve=True)
+            if copy_assets:
+                (tmp / ASSETS).mkdir()
+                used: dict[str, str] = {}
+
+                def copy(value: str) -> str:
+                    src = Path(value)
+                    if not src.exists():
+                        return value
+                    if value in used:
+                        return used[value]
+                    name = src.name
+                    i = 1
+                    while (tmp / ASSETS / name).exists():
+                        name, i = f"{src.stem}_{i}{src.suffix}", i + 1
+                    (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / ASSETS / name)
+                    used[value] = f"{ASSETS}/{name}"
+                    return used[value]
+
+                data = _map_paths(data, copy)
+            OmegaConf.save(OmegaConf.create(data), tmp / CONFIG)
+            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS), metadata={"format": "diffuspeech-model/1"})
+            prov = self.provenance()
+            if extra:
+                prov.update(extra)
+            (tmp / PROVENANCE).write_text(json.dumps(prov, indent=2) + "\n")
+            if directory.exists():
+                backup = directory.with_name(f".{directory.name}.old")
+                if backup.exists():
+                    shutil.rmtree(backup)
+                directory.rename(backup)
+                tmp.rename(directory)
+                shutil.rmtree(backup)
+            else:
+                tmp.rename(directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, overrides: list[str] | tuple[str, ...] = (), allow_version_mismatch: bool = False) -> "SpeechDiffusionModel":
+        """Recompose a saved model from its provenance record and load its weights."""
+        directory = Path(directory)
+        for name in (CONFIG, PROVENANCE, WEIGHTS):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory}: not a diffuspeech model folder (missing {name})")
+        prov = json.loads((directory / PROVENANCE).read_text())
+        check_provenance(prov, allow_version_mismatch=allow_version_mismatch, where=str(directory))
+        model = cls(load_config(directory / CONFIG, overrides), base_dir=directory)
+        model.load_state_dict(load_file(str(directory / WEIGHTS)))
+        return model
+
+
+def check_provenance(prov: dict[str, Any], allow_version_mismatch: bool = False, where: str = "model") -> None:
+    """Every recorded component must be registered now, by the same package (and version)."""
+    registry = get_registry()
+    for section, rec in prov.get("components", {}).items():
+        try:
+            reg = registry.registration(rec["kind"], rec["name"])
+        except RegistryError as exc:
+            raise ConfigError(
+                f"{where}: {section} was saved with {rec['kind']} {rec['name']!r} from {rec['package']} {rec['version']}, "
+                f"which is not available now ({exc}). Install {rec['package']}=={rec['version']}."
+            ) from None
+        if reg.package != rec["package"]:
+            raise ConfigError(
+                f"{where}: {section} {rec['name']!r} was provided by {rec['package']} {rec['version']} when saved, "
+                f"but now by {reg.package} {reg.version}"
+            )
+        if reg.version != rec["version"] and not allow_version_mismatch:
+            raise ConfigError(
+                f"{where}: {section} {rec['name']!r} was saved with {rec['package']} {rec['version']}, installed is "
+                f"{reg.version}; install {rec['package']}=={rec['version']} or pass allow_version_mismatch=True "
+                f"(--allow-version-mismatch)"
+            )

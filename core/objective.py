@@ -1,0 +1,105 @@
+"""The masked-diffusion training objective (LLaDA-style, with selective masking).
+
+    t ~ U(eps, 1) per sequence
+    masked ~ noiser(target, modality, t, scheduler)      # conditions are never masked
+    loss = sum_{masked} CE(logits_i, x_i) / p_mask_i / normaliser
+
+The output head runs only at masked positions: ``[n_masked, vocab]`` logits, never
+``[batch, length, vocab]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .backbone import Backbone
+from .compose import SECTION_SCHEMAS, ConfigError
+from .noiser import Noiser
+from .scheduler import MaskScheduler
+
+
+@dataclass
+class ObjectiveConfig:
+    eps: float = 1e-3  # t ~ U(eps, 1)
+    normalize: str = "token"  # "token": sum / target tokens in the batch; "sequence": per-sequence mean, then batch mean
+    logits_on: str = "masked"  # "masked" (head only where needed) | "all" (whole canvas; for benchmarks/reference only)
+
+
+SECTION_SCHEMAS["objective"] = ObjectiveConfig
+
+NORMALIZE_CHOICES = ("token", "sequence")
+LOGITS_ON_CHOICES = ("masked", "all")
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar
+    num_masked: int
+    num_target: int
+
+
+def masked_cross_entropy(
+    backbone: Backbone,
+    ids: torch.Tensor,  # [B, L] clean ids
+    masked: torch.Tensor,  # [B, L] bool
+    p_mask: torch.Tensor,  # [B, L] float, > 0 where masked
+    target: torch.Tensor,  # [B, L] bool: the loss normaliser counts these
+    mask_id: int,
+    attention_mask: torch.Tensor | None = None,  # [B, 1, L, L] bool
+    normalize: str = "token",
+    logits_on: str = "masked",
+) -> torch.Tensor:
+    """The weighted CE of the masked positions, normalised; a scalar."""
+    if normalize not in NORMALIZE_CHOICES:
+        raise ConfigError(f"objective.normalize: {normalize!r}; valid: {', '.join(NORMALIZE_CHOICES)}")
+    if logits_on not in LOGITS_ON_CHOICES:
+        raise ConfigError(f"objective.logits_on: {logits_on!r}; valid: {', '.join(LOGITS_ON_CHOICES)}")
+    noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)  # [B, L]
+    hidden = backbone.hidden_states(noisy, attention_mask)  # [B, L, D]
+    if logits_on == "masked":
+        logits = backbone.logits(hidden[masked])  # [N, V]
+    else:
+        logits = backbone.logits(hidden)[masked]  # [B, L, V] -> [N, V]
+    ce = F.cross_entropy(logits.float(), ids[masked], reduction="none")  # [N]
+    weighted = ce / p_mask[masked].to(ce.dtype)  # [N]
+    if normalize == "token":
+        return weighted.sum() / target.sum().clamp_min(1)
+    per_row = torch.zeros(ids.shape[0], dtype=weighted.dtype, device=weighted.device)  # [B]
+    rows = masked.nonzero()[:, 0]  # [N] row of each masked position (row-major, same order as ids[masked])
+    per_row.index_add_(0, rows, weighted)
+    return (per_row / target.sum(dim=1).clamp_min(1)).mean()
+
+
+class MaskedDiffusionObjective:
+    """Samples t, noises the targets and computes the loss for one batch."""
+
+    def __init__(self, config: ObjectiveConfig, scheduler: MaskScheduler, noiser: Noiser, mask_id: int) -> None:
+        if not 0.0 < float(config.eps) < 1.0:
+            raise ConfigError(f"objective.eps: expected a value in (0, 1), got {config.eps}")
+        self.config, self.scheduler, self.noiser, self.mask_id = config, scheduler, noiser, mask_id
+
+    def sample_time(self, batch_size: int, generator: torch.Generator | None = None, device: Any = "cpu") -> torch.Tensor:
+        eps = float(self.config.eps)
+        u = torch.rand(batch_size, generator=generator)  # [B]
+        return (eps + (1.0 - eps) * u).to(device)
+
+    def __call__(
+        self,
+        backbone: Backbone,
+        batch: dict[str, torch.Tensor],  # ids, modality, target, valid [B, L]
+        generator: torch.Generator | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> LossOutput:
+        ids, target = batch["ids"], batch["target"] & batch["valid"]
+        t = self.sample_time(ids.shape[0], generator, ids.device)  # [B]
+        masked, p_mask = self.noiser(target, batch["modality"], t, self.scheduler, generator)
+        masked = masked.to(ids.device) & target
+        loss = masked_cross_entropy(
+            backbone, ids, masked, p_mask.to(ids.device), target, self.mask_id, attention_mask,
+            normalize=self.config.normalize, logits_on=self.config.logits_on,
+        )
+        return LossOutput(loss=loss, num_masked=int(masked.sum()), num_target=int(target.sum()))

@@ -1,0 +1,10 @@
+"""Built-in noisers, registered through the same hook third-party plugins use."""
+
+from diffuspeech.hookspecs import hookimpl
+
+
+@hookimpl
+def register_noisers(register):
+    from .iid import IIDNoiser
+
+    register("iid", IIDNoiser)
