@@ -5,4 +5,8 @@ from diffuspeech.hookspecs import hookimpl
 
 @hookimpl
 def register_vocoders(register):
-    pass
+    from .griffinlim import GriffinLimVocoder
+    from .unit_hifigan import UnitHifiganVocoder
+
+    register("griffinlim", GriffinLimVocoder)
+    register("unit_hifigan", UnitHifiganVocoder)
