@@ -5,4 +5,8 @@ from diffuspeech.hookspecs import hookimpl
 
 @hookimpl
 def register_tokenizers(register):
-    pass
+    from .hubert import HubertTokenizer
+    from .mel_kmeans import MelKMeansTokenizer
+
+    register("hubert", HubertTokenizer)
+    register("mel_kmeans", MelKMeansTokenizer)
