@@ -5,4 +5,8 @@ from diffuspeech.hookspecs import hookimpl
 
 @hookimpl
 def register_backbones(register):
-    pass
+    from .hf_decoder import HFDecoderBackbone
+    from .llada import LLaDABackbone
+
+    register("llada", LLaDABackbone)
+    register("hf_decoder", HFDecoderBackbone)
