@@ -78,9 +78,9 @@ class HFDecoderBackbone(Backbone):
                 raise FileNotFoundError(f"{where}.path: {folder / 'config.json'} not found (expected a transformers model folder)")
             hf_config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
             clashes = [
-                f"{where}.{k}={v!r} but config.json says {getattr(hf_config, k, None)!r}"
+                f"{where}.{k}={v!r} but config.json says {_config_value(hf_config, k)!r}"
                 for k, v in overrides.items()
-                if getattr(hf_config, k, None) != v
+                if _config_value(hf_config, k) != v
             ]
             if clashes:
                 raise ValueError("settings disagree with the checkpoint: " + "; ".join(clashes) + ". Remove them from the config.")
@@ -176,6 +176,13 @@ class HFDecoderBackbone(Backbone):
         """Write a transformers folder (config.json + safetensors) loadable as ``path``."""
         self.lm.save_pretrained(out_dir)
         return Path(out_dir)
+
+
+def _config_value(hf_config: Any, key: str) -> Any:
+    value = getattr(hf_config, key, None)
+    if value is None and key == "rope_theta":  # transformers >= 5 keeps it in rope_parameters
+        value = (getattr(hf_config, "rope_parameters", None) or {}).get("rope_theta")
+    return value
 
 
 def _drop_tied_head(module: HFDecoderBackbone, state_dict: dict, prefix: str, local_metadata: Any) -> None:
