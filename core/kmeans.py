@@ -134,7 +134,7 @@ def fit_kmeans(
             centroids[empty[: far.numel()]] = x[far]
         bar.update(1)
         bar.set_postfix(inertia=f"{inertia:.4g}", empty=int(empty.numel()))
-        if empty.numel() == 0 and prev - inertia <= tol * max(abs(prev), 1e-12):
+        if empty.numel() == 0 and prev < float("inf") and prev - inertia <= tol * max(prev, 1e-12):
             break
         prev = inertia
     bar.close()
