@@ -116,6 +116,8 @@ class UnitStoreWriter:
         numbers += [int(m.group(1)) for r in records if (m := SHARD_RE.match(r.shard))]
         self._next_shard = max(numbers, default=-1) + 1
         self._pending: dict[str, tuple[torch.Tensor, float, torch.Tensor | None]] = {}
+        for stale in self.directory.glob(".units-*.tmp"):  # shards a killed writer never renamed
+            stale.unlink(missing_ok=True)
         # failures are retried by every run, so the list describes the latest run only
         (self.directory / FAILED_FILE).unlink(missing_ok=True)
         self.num_units = int(meta.get("num_units") or 0)
