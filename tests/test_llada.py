@@ -210,6 +210,21 @@ def test_wrong_shape_and_absent_shard_are_clear_errors(tmp_path):
         load(folder)
 
 
+def test_minimal_config_uses_released_defaults_and_infers_tying(tmp_path):
+    full = official_config(**TINY, tying=True)
+    keep = ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "vocab_size", "rope_theta")
+    cfg = {k: full[k] for k in keep}  # no weight_tying, no block_type, ...
+    tensors = official_tensors(full, seed=6)
+    folder = write_official(tmp_path / "minimal", cfg, tensors, shards=2)
+    model = load(folder).eval()
+    assert model.arch.weight_tying and model.max_seq_len == 4096
+    ids = torch.arange(70)[None] % 101
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).double(), reference_logits(full, tensors, ids), rtol=1e-4, atol=1e-4)
+        long = torch.zeros(1, 4100, dtype=torch.long)  # beyond max_sequence_length: RoPE tables grow
+        assert model.hidden_states(long).shape == (1, 4100, 32)
+
+
 def test_pickle_only_folder_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(official_config(**TINY)))
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
@@ -316,5 +331,15 @@ def test_presets_and_config_errors():
         build_component("backbones", {"name": "llada", "dtype": "fp8"})
     with pytest.raises(ConfigError, match=r"backbone\.d_modle: unknown key .* Did you mean 'd_model'"):
         build_component("backbones", {"name": "llada", "d_modle": 8}, path="backbone")
-    with pytest.raises(ValueError, match="max_sequence_length"):
-        tiny(torch.zeros(1, 2000, dtype=torch.long))
+
+
+def test_bench_backbone_prints_one_json_line(capsys):
+    from diffuspeech.cli import main
+
+    assert main(["bench", "backbone", "--json", "--length", "8", "--repeats", "1", "--no-gpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert result["cpu_device"].startswith("cpu") and result["gpu_device"] is None
+    for preset in ("tiny", "small"):
+        assert result[f"cpu_{preset}_tokens_per_s"] > 0 and result[f"cpu_{preset}_vs_hf_llama"] > 0
+    assert 1 < result["cpu_tiny_params_m"] < 10 < result["cpu_small_params_m"] < 50

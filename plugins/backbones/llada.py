@@ -90,7 +90,7 @@ class LLaDABackbone(Backbone):
         else:
             arch = resolve_arch(cfg.preset, overrides, where)
         self.arch: LLaDAArch = arch
-        self._rope_cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rope_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (cos, sin)
 
         with torch.device("meta"):
             self._build(arch)
@@ -157,13 +157,15 @@ class LLaDABackbone(Backbone):
         return TiedHead(self.transformer["wte"])
 
     def _rope(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 cos/sin ``[length, head_dim]``, built once per device for max_sequence_length."""
-        key = (str(device), self.arch.max_sequence_length)
-        if key not in self._rope_cache:
-            self._rope_cache[key] = rope_tables(
-                self.arch.max_sequence_length, self.arch.head_dim, self.arch.rope_theta, device
-            )
-        cos, sin = self._rope_cache[key]
+        """float32 cos/sin ``[length, head_dim]``. Tables cover max_sequence_length and are
+        rebuilt longer on demand (like the official model, longer canvases are not refused)."""
+        key = str(device)
+        cached = self._rope_cache.get(key)
+        if cached is None or cached[0].shape[0] < length:
+            size = max(length, self.arch.max_sequence_length)
+            cached = rope_tables(size, self.arch.head_dim, self.arch.rope_theta, device)
+            self._rope_cache[key] = cached
+        cos, sin = cached
         return cos[:length], sin[:length]
 
     def hidden_states(
@@ -172,11 +174,6 @@ class LLaDABackbone(Backbone):
         attention_mask: torch.Tensor | None = None,  # [B, 1, L, L] bool, True = attend; None = full
     ) -> torch.Tensor:
         batch, length = input_ids.shape
-        if length > self.arch.max_sequence_length:
-            raise ValueError(
-                f"sequence length {length} exceeds the backbone's max_sequence_length "
-                f"{self.arch.max_sequence_length}; raise backbone.max_sequence_length (fresh models) or shorten the canvas"
-            )
         check_attention_mask(attention_mask, batch, length)
         x = self.transformer["wte"](input_ids)  # [B, L, D]
         cos, sin = self._rope(length, x.device)  # [L, Dh] each

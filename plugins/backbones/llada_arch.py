@@ -103,8 +103,17 @@ _REQUIRED_VALUES: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 
 
+# Values of the released LLaDA-8B config.json, used for fields a config.json leaves out.
+RELEASED_DEFAULTS: dict[str, Any] = {
+    "block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu", "rope": True,
+    "rope_full_precision": True, "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "max_sequence_length": 4096,
+    "weight_tying": False, "init_std": 0.02, "mlp_ratio": 4,
+}
+
+
 def arch_from_hf_config(cfg: dict[str, Any], source: str = "config.json") -> LLaDAArch:
     """Read an official LLaDA ``config.json`` dict; refuse variants we do not implement."""
+    cfg = {**RELEASED_DEFAULTS, **{k: v for k, v in cfg.items()}}
     if cfg.get("model_type") not in (None, "llada"):
         raise ValueError(f"{source}: model_type is {cfg.get('model_type')!r}, expected 'llada'")
     for key, (ok, meaning) in _REQUIRED_VALUES.items():
@@ -122,7 +131,7 @@ def arch_from_hf_config(cfg: dict[str, Any], source: str = "config.json") -> LLa
     else:
         n_kv = int(cfg.get("n_kv_heads") or n_heads)
     d_model = int(cfg["d_model"])
-    mlp = cfg.get("mlp_hidden_size") or int(cfg.get("mlp_ratio", 4)) * d_model
+    mlp = cfg.get("mlp_hidden_size") or int(cfg["mlp_ratio"]) * d_model
     rows = cfg.get("embedding_size") or cfg.get("vocab_size")
     if rows is None:
         raise ValueError(f"{source}: needs embedding_size or vocab_size")
@@ -133,12 +142,12 @@ def arch_from_hf_config(cfg: dict[str, Any], source: str = "config.json") -> LLa
         n_kv_heads=n_kv,
         mlp_hidden_size=int(mlp),
         vocab_size=int(rows),
-        max_sequence_length=int(cfg.get("max_sequence_length", 4096)),
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-        init_std=float(cfg.get("init_std", 0.02)),
-        weight_tying=bool(cfg.get("weight_tying", False)),
-        rope_full_precision=bool(cfg.get("rope_full_precision", True)),
+        max_sequence_length=int(cfg["max_sequence_length"]),
+        rope_theta=float(cfg["rope_theta"]),
+        rms_norm_eps=float(cfg["rms_norm_eps"]),
+        init_std=float(cfg["init_std"]),
+        weight_tying=bool(cfg["weight_tying"]),
+        rope_full_precision=bool(cfg["rope_full_precision"]),
         source_config=dict(cfg),
     )
     arch.validate(source)

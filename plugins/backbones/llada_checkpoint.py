@@ -68,8 +68,15 @@ def read_hf_config(path: str | Path) -> dict:
 
 
 def read_arch(path: str | Path) -> LLaDAArch:
-    """Architecture of an official LLaDA folder (from its config.json)."""
-    return arch_from_hf_config(read_hf_config(path), source=str(Path(path) / CONFIG_FILE))
+    """Architecture of an official LLaDA folder (from its config.json).
+
+    Fields missing from config.json take the released LLaDA-8B values, except ``weight_tying``,
+    which is then read off the weights (tied when there is no ``model.transformer.ff_out.weight``).
+    """
+    cfg = read_hf_config(path)
+    if "weight_tying" not in cfg:
+        cfg = {**cfg, "weight_tying": KEY_PREFIX + "transformer.ff_out.weight" not in weight_files(path)}
+    return arch_from_hf_config(cfg, source=str(Path(path) / CONFIG_FILE))
 
 
 def weight_files(path: str | Path) -> dict[str, Path]:
