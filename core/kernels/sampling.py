@@ -29,7 +29,6 @@ import torch
 SAMPLING_BACKENDS = ("auto", "triton", "torch")
 FORCE_ENV = "DIFFUSPEECH_SAMPLING_BACKEND"  # overrides "auto": triton | torch
 
-_V_SMALL = 1e-3  # below this, -log(1 - v) is computed by its series v + v^2/2
 _V_MIN = 2.3e-10  # half the resolution of a 31-bit uniform: keeps -log(E) finite
 
 
@@ -75,9 +74,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def gumbel_from_uniform(v: torch.Tensor) -> torch.Tensor:
     """Standard Gumbel noise ``-log(-log(1 - v))`` from ``v ~ U[0, 1)`` (float32, accurate tail)."""
-    v = v.clamp_min(_V_MIN)
-    e = torch.where(v < _V_SMALL, v * (1.0 + 0.5 * v), -torch.log1p(-v))  # Exp(1) variate
-    return -torch.log(e)
+    return -torch.log(-torch.log1p(-v.clamp_min(_V_MIN)))  # log1p keeps small v (the large-g tail) exact
 
 
 def _check_args(logits: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, temperature: float) -> None:
@@ -107,15 +104,20 @@ def sample_rows_torch(
     prob = torch.empty(n, dtype=torch.float32, device=logits.device)
     rows = max(1, max_chunk_bytes // max(1, 4 * v * (2 if temperature > 0 else 1)))
     cols = torch.arange(v, device=logits.device)  # [V]
+    restricted = bool((lo > 0).any() or (hi < v).any())  # one host sync: skip the range mask when unused
     for start in range(0, n, rows):
         sl = slice(start, min(n, start + rows))
-        x = logits[sl].float()  # [n, V]
-        ok = (cols[None, :] >= lo[sl, None]) & (cols[None, :] < hi[sl, None]) & (cols[None, :] != banned_id)
-        x = x.masked_fill(~ok, float("-inf"))
+        x = logits[sl].to(torch.float32, copy=True)  # [n, V] own buffer: the input is never modified
+        if 0 <= banned_id < v:
+            x[:, banned_id] = float("-inf")
+        if restricted:
+            x.masked_fill_((cols[None, :] < lo[sl, None]) | (cols[None, :] >= hi[sl, None]), float("-inf"))
         lse = torch.logsumexp(x, dim=-1)  # [n]
         if temperature > 0:
-            u = torch.rand(x.shape, dtype=torch.float32, device=x.device, generator=generator)
-            choice = torch.argmax(x + temperature * gumbel_from_uniform(u), dim=-1)  # [n]
+            g = torch.rand(x.shape, dtype=torch.float32, device=x.device, generator=generator)
+            g.clamp_(min=_V_MIN).neg_().log1p_().neg_().log_().neg_()  # Gumbel, in place: -log(-log1p(-v))
+            choice = torch.argmax(g.mul_(temperature).add_(x), dim=-1)  # [n]
+            del g
         else:
             choice = torch.argmax(x, dim=-1)  # [n]
         ids[sl] = choice

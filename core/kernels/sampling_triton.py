@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-_V_SMALL = 1e-3  # must match sampling.py
-_V_MIN = 2.3e-10
+_V_SMALL = 1e-3  # below this, -log(1 - v) is computed by its series v + v^2/2 (no log1p here)
+_V_MIN = 2.3e-10  # must match sampling.py
 
 
 @triton.jit
