@@ -221,8 +221,6 @@ def test_minimal_config_uses_released_defaults_and_infers_tying(tmp_path):
     ids = torch.arange(70)[None] % 101
     with torch.no_grad():
         torch.testing.assert_close(model(ids).double(), reference_logits(full, tensors, ids), rtol=1e-4, atol=1e-4)
-        long = torch.zeros(1, 4100, dtype=torch.long)  # beyond max_sequence_length: RoPE tables grow
-        assert model.hidden_states(long).shape == (1, 4100, 32)
 
 
 def test_pickle_only_folder_is_refused(tmp_path):
@@ -325,6 +323,8 @@ def test_presets_and_config_errors():
     n = sum(p.numel() for p in tiny.parameters())
     assert 1_000_000 < n < 10_000_000 and n == tiny.arch.num_parameters()
     assert build_component("backbones", "llada").arch == tiny.arch  # default preset is tiny
+    short = build_component("backbones", {"name": "llada", "preset": "tiny", "n_layers": 1, "max_sequence_length": 8})
+    assert torch.isfinite(short.hidden_states(torch.zeros(1, 12, dtype=torch.long))).all()  # RoPE tables grow
     with pytest.raises(ValueError, match="unknown preset 'huge'; valid presets: tiny, small, 8b"):
         build_component("backbones", {"name": "llada", "preset": "huge"})
     with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
@@ -336,10 +336,11 @@ def test_presets_and_config_errors():
 def test_bench_backbone_prints_one_json_line(capsys):
     from diffuspeech.cli import main
 
-    assert main(["bench", "backbone", "--json", "--length", "8", "--repeats", "1", "--no-gpu"]) == 0
+    argv = ["bench", "backbone", "--json", "--length", "8", "--repeats", "1", "--no-gpu", "--no-reference"]
+    assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
     assert result["cpu_device"].startswith("cpu") and result["gpu_device"] is None
     for preset in ("tiny", "small"):
-        assert result[f"cpu_{preset}_tokens_per_s"] > 0 and result[f"cpu_{preset}_vs_hf_llama"] > 0
+        assert result[f"cpu_{preset}_tokens_per_s"] > 0
     assert 1 < result["cpu_tiny_params_m"] < 10 < result["cpu_small_params_m"] < 50

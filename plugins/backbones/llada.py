@@ -92,14 +92,15 @@ class LLaDABackbone(Backbone):
         self.arch: LLaDAArch = arch
         self._rope_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (cos, sin)
 
-        with torch.device("meta"):
-            self._build(arch)
         if cfg.path:
             from .llada_checkpoint import load_llada_weights
 
+            with torch.device("meta"):  # no memory until each tensor is read from the checkpoint
+                self._build(arch)
             load_llada_weights(self, cfg.path, dtype=self._param_dtype, device=device)
         else:
-            self.to_empty(device=device)
+            with torch.device(device):  # built where it runs: an 8B model never visits the host
+                self._build(arch)
             self.reset_parameters(seed=cfg.seed)
         if cfg.extend_vocab_to is not None:
             if cfg.extend_vocab_to < self.vocab_size:
@@ -112,7 +113,10 @@ class LLaDABackbone(Backbone):
     # ----------------------------------------------------------------- construction
     def _build(self, arch: LLaDAArch) -> None:
         modules: dict[str, nn.Module] = dict(
-            wte=nn.Embedding(arch.vocab_size, arch.d_model, dtype=self._param_dtype),
+            # an explicit weight skips nn.Embedding's own init (overwritten by loading or reset_parameters)
+            wte=nn.Embedding(
+                arch.vocab_size, arch.d_model, _weight=torch.empty(arch.vocab_size, arch.d_model, dtype=self._param_dtype)
+            ),
             blocks=nn.ModuleList(LLaDABlock(arch, dtype=self._param_dtype) for _ in range(arch.n_layers)),
             ln_f=RMSNorm(arch.d_model, arch.rms_norm_eps, dtype=self._param_dtype),
         )
