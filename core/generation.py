@@ -273,6 +273,7 @@ def generate(
 
     # guidance and attention
     use_cfg = options.cfg_scale > 0
+    condition = None
     if use_cfg:
         condition = (
             valid & ~target & (segment < 0) & (modality != SPECIAL_CODE)
@@ -294,63 +295,30 @@ def generate(
     defer = torch.tensor(list(options.defer_ids), dtype=torch.long, device=device) if options.defer_ids else None
     head_rows = max(1, options.max_logits_bytes // (4 * vocab * (3 if use_cfg else 1)))
 
-    tokens = tokens.clone()
-    masked = target.clone()
-    trajectory = torch.full(shape, -1, dtype=torch.long, device=device)
-    positions = torch.arange(length, device=device)  # [L]
-    nan_seen = torch.zeros((), dtype=torch.bool, device=device)
     step = passes = 0
     bar = None
     if options.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=options.steps, desc="denoising", unit="step")
-
+    fixed = _Plan(
+        mask_id=mask_id, target=target, block_id=block_id, group=group, num_groups=num_groups, counts=plan,
+        started=started, lo=lo, hi=hi, condition=condition, attention=attn, segment=segment,
+        end_id=end_id, fill_id=fill_id, defer=defer, positions=torch.arange(length, device=device),
+    )
+    state = _State(
+        tokens=tokens.clone(),
+        masked=target.clone(),
+        trajectory=torch.full(shape, -1, dtype=torch.long, device=device),
+        nan_seen=torch.zeros((), dtype=torch.bool, device=device),
+    )
     for blk in range(num_blocks):
         for s in range(steps_per_block):
-            in_block = masked & (block_id == blk)  # [B, L]
-            if not bool(in_block.any()):  # block finished early (threshold decoding, early stop)
+            if not bool((state.masked & (block_id == blk)).any()):  # block done early (threshold, early stop)
                 break
-            # who may be revealed now, and how many per modality group
-            eligible, counts = [], []
-            for g in range(num_groups):
-                in_group = in_block & (group == g)  # [B, L]
-                counts.append(torch.minimum(in_group.sum(dim=1), plan[:, blk, g, s]))  # [B]
-                eligible.append(in_group & started[:, blk, g, s][:, None])  # [B, L]
-            need = eligible[0] if num_groups == 1 else eligible[0] | eligible[1]  # [B, L]
-            if num_groups > 1 and not bool(need.any()):  # every group waits on its schedule this step
-                step += 1
-                continue
-
-            # candidates and confidences at the eligible positions only
-            inp = torch.cat([tokens, tokens.masked_fill(condition, mask_id)]) if use_cfg else tokens  # [B or 2B, L]
-            hidden = backbone.hidden_states(inp, attn)  # [B or 2B, L, D]
-            passes += 2 if use_cfg else 1
-            h = hidden[:bsz][need]  # [N, D]
-            hu = hidden[bsz:][need] if use_cfg else None  # [N, D]
-            ids, prob = _sample_candidates(
-                backbone, h, hu, lo[need], hi[need], options, mask_id, generator, backend, head_rows
-            )  # [N], [N]
-            nan_seen |= torch.isnan(prob).any()
-            confidence = torch.full(shape, float("-inf"), device=device).masked_scatter(need, prob)  # [B, L]
-            candidate = tokens.masked_scatter(need, ids)  # [B, L]
-            if defer is not None:
-                confidence = torch.where(need & torch.isin(candidate, defer), 0.0, confidence)
-
-            reveal = torch.zeros_like(need)
-            for g in range(num_groups):
-                scores = torch.where(eligible[g], confidence, float("-inf"))
-                reveal |= strategy.select(scores, counts[g], generator) & eligible[g]
-            tokens = torch.where(reveal, candidate, tokens)
-            masked &= ~reveal
-            if options.record_trajectory:
-                trajectory.masked_fill_(reveal, step)
-            if end_id is not None:
-                tokens, masked, trajectory = _early_stop(
-                    tokens, masked, trajectory, target, segment, end_id, fill_id, positions, step, options.record_trajectory
-                )
+            passes += _denoise_step(backbone, strategy, fixed, state, blk, s, step, options, generator, backend, head_rows)
             step += 1
-            if bool(nan_seen):
+            if bool(state.nan_seen):
                 raise GenerationError(
                     f"non-finite logits at step {step}: the backbone produced NaN/inf (check the weights, the "
                     "dtype, and that every attention row allows at least one key)"
@@ -358,16 +326,103 @@ def generate(
             if bar is not None:
                 bar.update(1)
             if on_step is not None:
-                on_step(StepInfo(step, options.steps, blk, num_blocks, int(masked.sum()), tokens))
+                on_step(StepInfo(step, options.steps, blk, num_blocks, int(state.masked.sum()), state.tokens))
     if bar is not None:
         bar.close()
     return GenerationResult(
-        tokens=tokens,
-        trajectory=trajectory if options.record_trajectory else None,
+        tokens=state.tokens,
+        trajectory=state.trajectory if options.record_trajectory else None,
         steps=step,
         forward_passes=passes,
         num_blocks=num_blocks,
     )
+
+
+@dataclass
+class _Plan:
+    """What stays fixed during a generation (all ``[B, L]`` unless noted)."""
+
+    mask_id: int
+    target: torch.Tensor  # bool, positions to generate
+    block_id: torch.Tensor  # long, block of each target position, -1 elsewhere
+    group: torch.Tensor  # long, 0 text/special, 1 speech
+    num_groups: int
+    counts: torch.Tensor  # [B, NB, G, S] planned reveals per step
+    started: torch.Tensor  # [B, NB, G, S] bool, the group's schedule has begun
+    lo: torch.Tensor
+    hi: torch.Tensor
+    condition: Optional[torch.Tensor]  # bool, masked in the unconditional pass; None = no CFG
+    attention: Optional[torch.Tensor]  # [B or 2B, 1, L, L] bool
+    segment: torch.Tensor
+    end_id: Optional[torch.Tensor]  # [B, S]
+    fill_id: Optional[torch.Tensor]  # [B, S]
+    defer: Optional[torch.Tensor]  # [K] ids revealed last
+    positions: torch.Tensor  # [L]
+
+
+@dataclass
+class _State:
+    tokens: torch.Tensor  # [B, L]
+    masked: torch.Tensor  # [B, L] bool, targets still masked
+    trajectory: torch.Tensor  # [B, L] long
+    nan_seen: torch.Tensor  # [] bool
+
+
+def _denoise_step(
+    backbone: Backbone,
+    strategy: Sampler,
+    plan: _Plan,
+    state: _State,
+    blk: int,
+    s: int,
+    step: int,
+    options: DecodeOptions,
+    generator: torch.Generator | None,
+    backend: str,
+    head_rows: int,
+) -> int:
+    """One denoising step, updating ``state`` in place; returns the network evaluations spent.
+
+    Tensor work only: no ``.item()`` except the empty-group check with two modality groups."""
+    tokens, shape, bsz = state.tokens, state.tokens.shape, state.tokens.shape[0]
+    in_block = state.masked & (plan.block_id == blk)  # [B, L]
+    eligible, counts = [], []
+    for g in range(plan.num_groups):  # who may be revealed now, and how many, per modality group
+        in_group = in_block & (plan.group == g)  # [B, L]
+        counts.append(torch.minimum(in_group.sum(dim=1), plan.counts[:, blk, g, s]))  # [B]
+        eligible.append(in_group & plan.started[:, blk, g, s][:, None])  # [B, L]
+    need = eligible[0] if plan.num_groups == 1 else eligible[0] | eligible[1]  # [B, L]
+    if plan.num_groups > 1 and not bool(need.any()):  # every group waits on its schedule this step
+        return 0
+
+    use_cfg = plan.condition is not None
+    inp = torch.cat([tokens, tokens.masked_fill(plan.condition, plan.mask_id)]) if use_cfg else tokens  # [B or 2B, L]
+    hidden = backbone.hidden_states(inp, plan.attention)  # [B or 2B, L, D]
+    h = hidden[:bsz][need]  # [N, D]
+    hu = hidden[bsz:][need] if use_cfg else None  # [N, D]
+    ids, prob = _sample_candidates(
+        backbone, h, hu, plan.lo[need], plan.hi[need], options, plan.mask_id, generator, backend, head_rows
+    )  # [N], [N]
+    state.nan_seen |= torch.isnan(prob).any()
+    confidence = torch.full(shape, float("-inf"), device=tokens.device).masked_scatter(need, prob)  # [B, L]
+    candidate = tokens.masked_scatter(need, ids)  # [B, L]
+    if plan.defer is not None:
+        confidence = torch.where(need & torch.isin(candidate, plan.defer), 0.0, confidence)
+
+    reveal = torch.zeros_like(need)
+    for g in range(plan.num_groups):
+        scores = torch.where(eligible[g], confidence, float("-inf"))
+        reveal |= strategy.select(scores, counts[g], generator) & eligible[g]
+    state.tokens = torch.where(reveal, candidate, tokens)
+    state.masked = state.masked & ~reveal
+    if options.record_trajectory:
+        state.trajectory.masked_fill_(reveal, step)
+    if plan.end_id is not None:
+        state.tokens, state.masked, state.trajectory = _early_stop(
+            state.tokens, state.masked, state.trajectory, plan.target, plan.segment, plan.end_id, plan.fill_id,
+            plan.positions, step, options.record_trajectory,
+        )
+    return 2 if use_cfg else 1
 
 
 def _sample_candidates(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from diffuspeech.compose import ConfigError, build_component
 from diffuspeech.kernels.selection import topk_mask
 from diffuspeech.registry import get_registry

@@ -13,7 +13,6 @@ import textwrap
 
 import pytest
 import torch
-
 from diffuspeech.kernels.sampling import gumbel_from_uniform, resolve_backend, sample_rows, sample_rows_torch
 
 V = 300

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-
 from diffuspeech.kernels.selection import topk_mask
 from diffuspeech.sampler import Sampler
 
