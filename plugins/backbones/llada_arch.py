@@ -9,7 +9,6 @@ named, so a checkpoint is never loaded into the wrong network silently.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -242,7 +241,3 @@ def check_overrides_match(arch: LLaDAArch, overrides: dict[str, Any], where: str
             + f". Remove them from the config (the checkpoint's config.json decides the shape), "
             f"or use {where}.extend_vocab_to to grow the vocabulary after loading."
         )
-
-
-def arch_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(LLaDAArch) if f.name in ARCH_FIELDS]

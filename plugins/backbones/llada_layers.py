@@ -78,9 +78,13 @@ class LLaDABlock(nn.Module):
         v = self.v_proj(h).view(b, length, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, Dh]
         q = apply_rope(q, cos, sin, self.rope_full_precision)
         k = apply_rope(k, cos, sin, self.rope_full_precision)
-        att = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads
-        )  # [B, H, L, Dh]
+        gqa = self.n_kv_heads != self.n_heads
+        if gqa and mask is not None:
+            # SDPA's fused kernels that take a mask do not take enable_gqa: share kv heads explicitly
+            group = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [B, H, L, Dh]
+            gqa = False
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # [B, H, L, Dh]
         x = x + self.attn_out(att.transpose(1, 2).reshape(b, length, d))  # [B, L, D]
         h = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))  # [B, L, D]
