@@ -295,3 +295,18 @@ def test_codehifigan_unsupported_and_mismatched_configs(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="shape mismatches"):
         build_component("vocoders", {"name": "unit_hifigan", "path": str(tmp_path)})
+
+
+def test_convert_vocoder_command(tmp_path, capsys):
+    from diffuspeech.cli import main
+
+    write_codehifigan_folder(tmp_path / "src")
+    assert main(["convert-vocoder", str(tmp_path / "src"), str(tmp_path / "out")]) == 0
+    assert json.loads(capsys.readouterr().out)["from_format"] == "codehifigan"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["generator.safetensors", "vocoder.json"]
+    units = torch.randint(0, NUM_UNITS, (1, 10))
+    a = build_component("vocoders", {"name": "unit_hifigan", "path": str(tmp_path / "src"), "speaker_id": 2})
+    b = build_component("vocoders", {"name": "unit_hifigan", "path": str(tmp_path / "out"), "speaker_id": 2})
+    assert b.format == "diffuspeech"
+    torch.testing.assert_close(a.decode(units)[0], b.decode(units)[0])
+    assert main(["convert-vocoder", str(tmp_path / "src"), str(tmp_path / "out")]) == 2  # refuses to overwrite
