@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ def add_parser(sub) -> None:
 def _weights_only(path: Path) -> Any | None:
     """A torch checkpoint loadable without unpickling code, else None."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # plain pickles trigger a protocol warning before failing
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not a safe torch file: fall through to the pickle route
         return None
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..compose import ConfigError
 from ..kmeans import fit_kmeans
 from ..registry import RegistryError, get_registry
-from ._tokenizer_cli import audio_entries, build_tokenizer, load_batches, pad_batch, tokenizer_node
+from ._tokenizer_cli import allow_intermixed, audio_entries, build_tokenizer, load_batches, pad_batch, tokenizer_node
 
 DEFAULT_TOKENIZER = {"name": "mel_kmeans"}
 
@@ -44,6 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="utterances per feature batch (default 8)")
     p.add_argument("--device", help="where k-means runs (default: the tokenizer's device)")
     p.set_defaults(func=run)
+    allow_intermixed(p)
 
 
 class Reservoir:

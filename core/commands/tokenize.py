@@ -17,7 +17,7 @@ from ..audio import is_silent
 from ..compose import ConfigError
 from ..registry import get_registry
 from ..unit_store import FAILED_FILE, UnitStoreWriter
-from ._tokenizer_cli import build_tokenizer, load_batches, pad_batch, read_manifest, tokenizer_node
+from ._tokenizer_cli import allow_intermixed, build_tokenizer, load_batches, pad_batch, read_manifest, tokenizer_node
 
 EXIT_SOME_FAILED = 3
 
@@ -36,6 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--shard-size", type=int, default=1000, help="utterances per shard file (default 1000)")
     p.add_argument("--workers", type=int, default=2, help="threads reading audio ahead (default 2)")
     p.set_defaults(func=run)
+    allow_intermixed(p)
 
 
 def run(args) -> int:
