@@ -22,7 +22,8 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import torch
 from safetensors import safe_open
@@ -125,7 +126,7 @@ class UnitStoreWriter:
     def __contains__(self, utt_id: str) -> bool:
         return utt_id in self.done or utt_id in self._pending
 
-    def __enter__(self) -> "UnitStoreWriter":
+    def __enter__(self) -> UnitStoreWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -16,7 +16,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -90,9 +90,9 @@ def run(args: argparse.Namespace) -> dict:
             "hubert_frame_rate": hubert.frame_rate,
         }
         for name, tok in (("hubert", hubert), ("mel_kmeans", mel)):
-            t_long = _best_time(lambda: tok.encode(audio[None]), args.repeats, device)
-            t_unbatched = _best_time(lambda: [tok.encode(row[None]) for row in batch], args.repeats, device)
-            t_batched = _best_time(lambda: tok.encode(batch), args.repeats, device)
+            t_long = _best_time(lambda t=tok: t.encode(audio[None]), args.repeats, device)
+            t_unbatched = _best_time(lambda t=tok: [t.encode(row[None]) for row in batch], args.repeats, device)
+            t_batched = _best_time(lambda t=tok: t.encode(batch), args.repeats, device)
             result[f"{name}_rtf_single_10s"] = round(t_long / seconds, 5)
             result[f"{name}_rtf_unbatched"] = round(t_unbatched / seconds, 5)
             result[f"{name}_rtf_batched"] = round(t_batched / seconds, 5)

@@ -84,7 +84,7 @@ class HubertTokenizer(FeatureTokenizer):
         device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
         dtype: str = "float32"  # model weights: float32, float16 or bfloat16
 
-    def __init__(self, config: Optional["HubertTokenizer.Config"] = None) -> None:
+    def __init__(self, config: Optional[HubertTokenizer.Config] = None) -> None:
         super().__init__(config)
         cfg = self.config
         if not cfg.model_path:

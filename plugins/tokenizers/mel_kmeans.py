@@ -37,7 +37,7 @@ class MelKMeansTokenizer(FeatureTokenizer):
         dedup: bool = False  # merge repeated units (durations via encode_with_durations)
         device: str = "cpu"  # where features and assignment run ("cpu", "cuda", "cuda:1", ...)
 
-    def __init__(self, config: Optional["MelKMeansTokenizer.Config"] = None) -> None:
+    def __init__(self, config: Optional[MelKMeansTokenizer.Config] = None) -> None:
         super().__init__(config)
         cfg = self.config
         self.device = torch.device(cfg.device)

@@ -122,7 +122,7 @@ class KMeansQuantizer(nn.Module):
         return int(self.centroids.shape[1])
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "KMeansQuantizer":
+    def from_file(cls, path: str | os.PathLike) -> KMeansQuantizer:
         centroids, meta, extra = load_centroids(path)
         mean, std = extra.get("feature_mean"), extra.get("feature_std")
         for name, t in (("feature_mean", mean), ("feature_std", std)):
@@ -164,7 +164,7 @@ class LinearQuantizer(nn.Module):
         return int(self.encoder[0].in_features)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "LinearQuantizer":
+    def from_file(cls, path: str | os.PathLike) -> LinearQuantizer:
         p = Path(path)
         if not p.is_file():
             raise QuantizerError(f"{p}: quantizer file not found")
