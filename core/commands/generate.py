@@ -1,0 +1,121 @@
+"""``diffuspeech generate --task TASK [--model DIR] --out-dir DIR [IN.wav ...] [--text ...]``.
+
+Prints one JSON line per input with the keys ``input``, ``thinking``, ``text`` and ``audio``
+(the path of the written wav, or null when the task has no speech output). The default
+model is the embedded one (``diffuspeech.assets``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..audio import AudioError, write_audio
+from ..formats import TARGET
+from ..modality import SPEECH, TEXT
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("generate", help="run a task (s2s, s2t, asr, tts, ...) on wav files or text")
+    p.add_argument("inputs", nargs="*", help="input wav files (speech-input tasks)")
+    p.add_argument("--task", required=True, help="task name from the model's config, e.g. s2s, s2t, asr, tts")
+    p.add_argument("--model", help="saved model folder (default: the embedded spoken-arithmetic model)")
+    p.add_argument("--out-dir", default="generated", help="where <stem>.wav files are written (default ./generated)")
+    p.add_argument("--text", action="append", default=[], help="input text (text-input tasks; repeat for several)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model's generation.steps)")
+    p.add_argument("--block-length", type=int, help="semi-autoregressive block length")
+    p.add_argument("--temperature", type=float, help="Gumbel temperature (0 = greedy)")
+    p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale")
+    p.add_argument("--batch-size", type=int, default=8, help="inputs decoded together (default 8)")
+    p.add_argument("--trajectory", action="store_true", help="add each position's reveal step to the JSON (key 'trajectory')")
+    p.add_argument("--progress", action="store_true", help="show a progress bar over denoising steps")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--allow-version-mismatch", action="store_true", help="load a model saved with other plugin versions")
+    p.add_argument("overrides", nargs="*", default=[], help=argparse_overrides_help())
+    p.set_defaults(func=run)
+
+
+def argparse_overrides_help() -> str:
+    return "config overrides key=value (e.g. sampler.name=threshold); positional args containing '=' are overrides"
+
+
+def load_pipeline(model_dir: str | None, overrides: list[str], device: str = "cpu", allow_version_mismatch: bool = False):
+    from ..assets import default_model_dir
+    from ..model import SpeechDiffusionModel
+    from ..pipeline import Pipeline
+
+    path = Path(model_dir) if model_dir else default_model_dir()
+    model = SpeechDiffusionModel.load(path, overrides=overrides, allow_version_mismatch=allow_version_mismatch)
+    return Pipeline(model, device=device)
+
+
+def _first_target(task, modality: str, skip: tuple[str, ...] = ()) -> str | None:
+    for seg in task.segments:
+        if seg.role == TARGET and seg.modality == modality and seg.field not in skip:
+            return seg.field
+    return None
+
+
+def run(args) -> int:
+    overrides = [o for o in args.inputs if "=" in o and not Path(o).exists()] + list(args.overrides)
+    inputs = [i for i in args.inputs if i not in overrides]
+    pipe = load_pipeline(args.model, overrides, args.device, args.allow_version_mismatch)
+    task = pipe.task(args.task)
+    conditions = [s for s in task.segments if s.role != TARGET]
+    speech_in = [s for s in conditions if s.modality == SPEECH]
+    text_in = [s for s in conditions if s.modality == TEXT]
+    if speech_in and not inputs:
+        print(f"error: task {args.task!r} takes speech input: give one or more wav files", file=sys.stderr)
+        return 2
+    if text_in and not args.text:
+        print(f"error: task {args.task!r} takes text input: give --text \"...\"", file=sys.stderr)
+        return 2
+    if len(speech_in) > 1 or len(text_in) > 1:
+        print(f"error: task {args.task!r} has several inputs; use the Python API (diffuspeech.pipeline)", file=sys.stderr)
+        return 2
+    items: list[tuple[str, dict]] = []
+    if speech_in:
+        items = [(path, {speech_in[0].field: path}) for path in inputs]
+        if text_in:
+            print("error: tasks with both speech and text input need the Python API", file=sys.stderr)
+            return 2
+    else:
+        items = [(text, {text_in[0].field: text}) if text_in else (text, {}) for text in (args.text or [""])]
+    out_dir = Path(args.out_dir)
+    speech_field = _first_target(task, SPEECH)
+    text_field = _first_target(task, TEXT, skip=("thinking",))
+    overrides_kw = {
+        k: v
+        for k, v in {"steps": args.steps, "block_length": args.block_length, "temperature": args.temperature, "cfg_scale": args.cfg_scale}.items()
+        if v is not None
+    }
+    failures = 0
+    for start in range(0, len(items), max(1, args.batch_size)):
+        chunk = items[start : start + args.batch_size]
+        records: dict[int, dict] = {}
+        good = []
+        for n, (label, item) in enumerate(chunk):
+            try:
+                good.append((n, label, pipe.prepare_inputs(task, item, label)))  # audio errors name the file
+            except (AudioError, ValueError) as exc:
+                failures += 1
+                records[n] = {"input": label, "error": str(exc)}
+        outputs = pipe.run_prepared(args.task, [p for _, _, p in good], record_trajectory=args.trajectory, progress=args.progress, **overrides_kw) if good else []
+        for (n, label, _), out in zip(good, outputs):
+            record = {"input": label, "thinking": out.fields.get("thinking"), "text": out.fields.get(text_field) if text_field else None, "audio": None}
+            if speech_field and speech_field in out.audio and out.audio[speech_field].numel():
+                stem = Path(label).stem if speech_in else f"{args.task}_{start + n:04d}"
+                wav_path = out_dir / f"{stem}.wav"
+                write_audio(wav_path, out.audio[speech_field], out.sample_rate)
+                record["audio"] = str(wav_path)
+            if args.trajectory and out.trajectory is not None:
+                record["trajectory"] = out.trajectory.tolist()
+            if out.warnings:
+                record["warnings"] = out.warnings
+            records[n] = record
+        for n in sorted(records):
+            print(json.dumps(records[n]), flush=True)
+    return 1 if failures and failures == len(items) else 0

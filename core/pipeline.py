@@ -1,0 +1,229 @@
+"""Inference pipeline: task format -> canvas -> diffusion engine -> text + units -> audio.
+
+    pipe = Pipeline(SpeechDiffusionModel.load("model_dir"))
+    out = pipe.run("s2s", {"question_speech": "question.wav"})
+    out.fields["thinking"], out.fields["answer_speech"] (units), out.audio["answer_speech"] (wav)
+
+Speech inputs may be a wav path, a waveform tensor at the tokenizer's rate, or units.
+Decoding settings come from the model config's ``generation`` section, overridable per call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from .audio import is_silent, load_audio
+from .compose import SECTION_SCHEMAS, ConfigError, validate_settings
+from .formats import TARGET, TaskSpec, collate, layout, split_targets
+from .generation import CanvasSpec, DecodeOptions, GenerationResult, StepInfo, generate
+from .modality import MODALITY_CODE, SPEECH, TEXT
+from .model import SpeechDiffusionModel
+
+
+@dataclass
+class GenerationConfig:
+    steps: int = 32  # denoising steps (total over blocks)
+    block_length: Optional[int] = None  # semi-autoregressive blocks over the targets; None = one block
+    temperature: float = 0.0  # Gumbel temperature; 0 = greedy
+    cfg_scale: float = 0.0  # classifier-free guidance scale; 0 = off
+    use_scheduler: bool = True  # reveal counts follow the model's `scheduler` (per modality); False = LLaDA's even split
+    lengths: dict[str, int] = field(default_factory=dict)  # target field -> length budget (default: the segment's max_len)
+    seed: Optional[int] = 0  # sampling seed (reproducible outputs)
+    backend: str = "auto"  # sampling kernel: auto | triton | torch
+
+
+SECTION_SCHEMAS["generation"] = GenerationConfig
+
+SpeechInput = Union[str, Path, torch.Tensor]
+
+
+@dataclass
+class PipelineOutput:
+    task: str
+    fields: dict[str, Any]  # target field -> text (str) or units ([frames] long)
+    audio: dict[str, torch.Tensor]  # speech target field -> waveform [samples] (when the model has a vocoder)
+    sample_rate: Optional[int]
+    tokens: torch.Tensor  # [L] final canvas
+    trajectory: Optional[torch.Tensor]  # [L] step at which each position was revealed (-1: never masked)
+    modality: torch.Tensor  # [L] modality codes
+    target: torch.Tensor  # [L] bool
+    steps: int
+    forward_passes: int
+    warnings: list[str] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(self, model: SpeechDiffusionModel, device: str | torch.device = "cpu") -> None:
+        if model.backbone is None:
+            raise ConfigError("backbone: the model has no backbone section; a pipeline needs one")
+        self.model = model
+        self.device = torch.device(device)
+        model.backbone.to(self.device).eval()
+        node = model.config.get("generation", {}) or {}
+        self.defaults: GenerationConfig = validate_settings(GenerationConfig, dict(node), "generation", "section 'generation'")
+
+    # ------------------------------------------------------------------ inputs
+    def speech_units(self, value: SpeechInput, name: str = "input") -> tuple[torch.Tensor, list[str]]:
+        """A wav path / waveform / unit tensor -> ``([frames] units, warnings)``."""
+        warnings: list[str] = []
+        if isinstance(value, torch.Tensor) and value.dtype in (torch.long, torch.int32, torch.int16):
+            return value.long().reshape(-1), warnings
+        tok = self.model.tokenizer
+        if tok is None:
+            raise ConfigError("tokenizer: the model has no speech tokenizer; pass units instead of audio")
+        wav = load_audio(value, tok.sample_rate) if isinstance(value, (str, Path)) else value.float().reshape(-1)
+        if wav.numel() == 0:
+            raise ValueError(f"{name}: the audio is empty")
+        if is_silent(wav):
+            warnings.append(f"{name}: the audio is silent; the answer will not be meaningful")
+        units = tok.encode_one(wav)
+        return units, warnings
+
+    def prepare_inputs(self, task: TaskSpec, inputs: dict[str, Any], name: str) -> tuple[dict[str, Any], list[str]]:
+        example, warnings = {}, []
+        for seg in task.segments:
+            if seg.role == TARGET:
+                continue
+            if seg.field not in inputs:
+                raise ValueError(f"{name}: task needs input field {seg.field!r} ({seg.modality})")
+            value = inputs[seg.field]
+            if seg.modality == SPEECH:
+                value, w = self.speech_units(value, name=f"{name}.{seg.field}")
+                warnings += w
+                if seg.max_len is not None and len(value) > seg.max_len:
+                    warnings.append(
+                        f"{name}.{seg.field}: {len(value)} units is over the {seg.max_len} the model was trained on; "
+                        f"keeping the first {seg.max_len}"
+                    )
+                    value = value[: seg.max_len]
+            example[seg.field] = value
+        return example, warnings
+
+    def canvas(self, task_name: str, examples: list[dict[str, Any]], lengths: dict[str, int]) -> tuple[CanvasSpec, dict]:
+        vocab = self.model.vocab
+        task = self.task(task_name)
+        seqs = [layout(task_name, task, ex, vocab, canvas=True, target_lengths=lengths) for ex in examples]
+        batch = collate(seqs, vocab.pad_id)
+        b, length = batch["ids"].shape
+        lo = torch.zeros(b, length, dtype=torch.long)
+        hi = torch.full((b, length), vocab.size, dtype=torch.long)
+        for modality in (TEXT, SPEECH):
+            sel = batch["target"] & (batch["modality"] == MODALITY_CODE[modality])
+            r_lo, r_hi = vocab.allowed_range(modality)
+            lo[sel], hi[sel] = r_lo, r_hi
+        targets = [s for s in task.segments if s.role == TARGET]
+        ends = torch.tensor([vocab.text_end_id if s.modality == TEXT else vocab.speech_end_id for s in targets])
+        attention = self.model.attention
+        attn = attention.mask(batch["modality"], batch["valid"]) if attention is not None else None
+        dev = self.device
+        spec = CanvasSpec(
+            tokens=batch["ids"].to(dev),
+            mask_id=vocab.mask_id,
+            valid=batch["valid"].to(dev),
+            modality=batch["modality"].to(dev),
+            segment=batch["segment"].to(dev),
+            condition=batch["condition"].to(dev),
+            allowed_lo=lo.to(dev),
+            allowed_hi=hi.to(dev),
+            segment_end_id=ends.to(dev),
+            segment_fill_id=ends.to(dev),
+            attention_mask=None if attn is None else attn.to(dev),
+        )
+        return spec, batch
+
+    def task(self, name: str) -> TaskSpec:
+        try:
+            return self.model.tasks[name]
+        except KeyError:
+            raise ConfigError(f"unknown task {name!r}; this model's tasks: {', '.join(self.model.tasks)}") from None
+
+    # ------------------------------------------------------------------ run
+    def run_batch(
+        self,
+        task_name: str,
+        inputs: list[dict[str, Any]],
+        *,
+        record_trajectory: bool = False,
+        progress: bool = False,
+        on_step: Callable[[StepInfo], None] | None = None,
+        **overrides: Any,
+    ) -> list[PipelineOutput]:
+        """Generate the target segments of ``task_name`` for every input dict."""
+        task = self.task(task_name)
+        prepared = [self.prepare_inputs(task, x, f"input[{i}]") for i, x in enumerate(inputs)]
+        return self.run_prepared(task_name, prepared, record_trajectory=record_trajectory, progress=progress, on_step=on_step, **overrides)
+
+    def run_prepared(
+        self,
+        task_name: str,
+        prepared: list[tuple[dict[str, Any], list[str]]],
+        *,
+        record_trajectory: bool = False,
+        progress: bool = False,
+        on_step: Callable[[StepInfo], None] | None = None,
+        **overrides: Any,
+    ) -> list[PipelineOutput]:
+        """Like ``run_batch`` on the ``(example, warnings)`` pairs of ``prepare_inputs``."""
+        opts = dataclasses.replace(self.defaults, **overrides) if overrides else self.defaults
+        task = self.task(task_name)
+        lengths = {s.field: opts.lengths.get(s.field, s.max_len) for s in task.segments if s.role == TARGET}
+        spec, batch = self.canvas(task_name, [p[0] for p in prepared], lengths)
+        model = self.model
+        sampler = model.sampler if model.sampler is not None else "low_confidence"
+        result: GenerationResult = generate(
+            model.backbone,
+            spec,
+            DecodeOptions(
+                steps=opts.steps,
+                block_length=opts.block_length,
+                temperature=opts.temperature,
+                cfg_scale=opts.cfg_scale,
+                backend=opts.backend,
+                record_trajectory=record_trajectory,
+                seed=opts.seed,
+                progress=progress,
+            ),
+            sampler=sampler,
+            scheduler=model.scheduler if opts.use_scheduler else None,
+            on_step=on_step,
+        )
+        outputs = []
+        for i, (_, warnings) in enumerate(prepared):
+            valid = batch["valid"][i]
+            tokens = result.tokens[i].cpu()[valid]
+            segment = batch["segment"][i][valid]
+            fields = split_targets(task, tokens, segment, model.vocab)
+            audio = {}
+            vocoder = model.vocoder
+            for seg in task.segments:
+                if seg.role == TARGET and seg.modality == SPEECH and vocoder is not None:
+                    units = fields[seg.field]
+                    if len(units):
+                        audio[seg.field] = vocoder.decode_one(units)
+                    else:
+                        audio[seg.field] = torch.zeros(0)
+                        warnings = warnings + [f"input[{i}]: the model produced no speech units for {seg.field!r}"]
+            outputs.append(
+                PipelineOutput(
+                    task=task_name,
+                    fields=fields,
+                    audio=audio,
+                    sample_rate=vocoder.sample_rate if vocoder is not None else None,
+                    tokens=tokens,
+                    trajectory=None if result.trajectory is None else result.trajectory[i].cpu()[valid],
+                    modality=batch["modality"][i][valid],
+                    target=batch["target"][i][valid],
+                    steps=result.steps,
+                    forward_passes=result.forward_passes,
+                    warnings=warnings,
+                )
+            )
+        return outputs
+
+    def run(self, task_name: str, inputs: dict[str, Any], **kwargs: Any) -> PipelineOutput:
+        return self.run_batch(task_name, [inputs], **kwargs)[0]

@@ -1,0 +1,114 @@
+"""The inference pipeline and `diffuspeech generate` on a tiny randomly initialised model.
+
+Quality is not the point here (the weights are random): these tests check the plumbing —
+canvas layout, allowed ids per segment, audio written at the vocoder's rate and length,
+the JSON contract of the CLI, and clear errors for bad input files.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from diffuspeech.cli import main
+from diffuspeech.mel import MelConfig
+from diffuspeech.model import SpeechDiffusionModel
+from diffuspeech.pipeline import Pipeline
+from diffuspeech.plugins.tokenizers.quantizers import save_centroids
+
+WORDS = ["[UNK]", "what", "is", "plus", "minus", "one", "two", "three", "1", "2", "3", "+", "-", "="]
+K = 16
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("m")
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(d / "tokenizer.json"))
+    g = torch.Generator().manual_seed(0)
+    save_centroids(d / "centroids.safetensors", torch.randn(K, 80, generator=g) - 4.0, "mel_kmeans", {"mel_config": MelConfig().to_json()})
+    vocab_size = len(WORDS) + 12 + K
+    cfg = {
+        "vocab": {"text_tokenizer": str(d / "tokenizer.json"), "num_units": K},
+        "tokenizer": {"name": "mel_kmeans", "path": str(d / "centroids.safetensors")},
+        "vocoder": {"name": "griffinlim", "path": str(d / "centroids.safetensors"), "n_iter": 4},
+        "backbone": {"name": "llada", "preset": "tiny", "d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 2,
+                     "mlp_hidden_size": 64, "vocab_size": vocab_size, "max_sequence_length": 256, "seed": 0},
+        "scheduler": {"name": "per_modality", "speech_delay": 0.5},
+        "sampler": {"name": "low_confidence"},
+        "attention": {"name": "bidirectional"},
+        "tasks": {
+            "s2s": {"token": "<|s2s|>", "segments": [
+                {"field": "question_speech", "modality": "speech", "role": "condition", "max_len": 100},
+                {"field": "thinking", "modality": "text", "role": "target", "max_len": 5},
+                {"field": "answer_text", "modality": "text", "role": "target", "max_len": 2},
+                {"field": "answer_speech", "modality": "speech", "role": "target", "max_len": 12}]},
+            "tts": {"token": "<|tts|>", "segments": [
+                {"field": "text", "modality": "text", "role": "condition"},
+                {"field": "speech", "modality": "speech", "role": "target", "max_len": 10}]},
+        },
+        "generation": {"steps": 8},
+    }
+    return SpeechDiffusionModel(cfg).save(d / "model")
+
+
+def tone(path, seconds=1.0, sr=22050, channels=1):
+    t = np.arange(int(sr * seconds)) / sr
+    x = 0.3 * np.sin(2 * math.pi * 220 * t)
+    sf.write(path, np.stack([x] * channels, 1) if channels > 1 else x, sr)
+    return path
+
+
+def test_pipeline_respects_segment_vocabularies(model_dir, tmp_path):
+    pipe = Pipeline(SpeechDiffusionModel.load(model_dir))
+    out = pipe.run("s2s", {"question_speech": str(tone(tmp_path / "q.wav"))}, record_trajectory=True)
+    vocab = pipe.model.vocab
+    assert isinstance(out.fields["thinking"], str) and isinstance(out.fields["answer_text"], str)
+    units = out.fields["answer_speech"]
+    assert units.dtype == torch.long and (units >= 0).all() and (units < K).all() and len(units) <= 12
+    tokens, tgt, mod = out.tokens, out.target, out.modality
+    assert not (tokens == vocab.mask_id).any()
+    text_lo, text_hi = vocab.allowed_range("text")
+    sp_lo, sp_hi = vocab.allowed_range("speech")
+    assert ((tokens[tgt & (mod == 0)] >= text_lo) & (tokens[tgt & (mod == 0)] < text_hi)).all()
+    assert ((tokens[tgt & (mod == 1)] >= sp_lo) & (tokens[tgt & (mod == 1)] < sp_hi)).all()
+    assert (out.trajectory[~tgt] == -1).all() and (out.trajectory[tgt] >= 0).all()
+    if len(units):
+        assert out.audio["answer_speech"].shape[0] == len(units) * 640
+    # speech_delay 0.5: no speech position is revealed in the first half of the steps
+    assert (out.trajectory[tgt & (mod == 1)] >= 4).all()
+
+
+def test_generate_cli_contract(model_dir, tmp_path, capsys):
+    a = tone(tmp_path / "a.wav")
+    b = tone(tmp_path / "b.wav", sr=8000, channels=2)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    rc = main(["generate", "--task", "s2s", "--model", str(model_dir), "--out-dir", str(tmp_path / "out"), str(a), str(b), str(bad)])
+    assert rc == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [x["input"] for x in lines][-1] == str(bad) and "bad.wav" in lines[-1]["error"]
+    ok = {x["input"]: x for x in lines if "error" not in x}
+    assert set(ok) == {str(a), str(b)}
+    for rec in ok.values():
+        assert set(rec) >= {"input", "thinking", "text", "audio"}
+        if rec["audio"] is not None:
+            data, sr = sf.read(rec["audio"])
+            assert sr == 16000 and len(data) % 640 == 0
+            assert rec["audio"].endswith(("a.wav", "b.wav"))
+    rc = main(["generate", "--task", "tts", "--model", str(model_dir), "--out-dir", str(tmp_path / "tts"), "--text", "one plus two"])
+    assert rc == 0
+    rec = json.loads(capsys.readouterr().out.strip())
+    assert rec["input"] == "one plus two" and rec["thinking"] is None
+
+
+def test_generate_cli_errors(model_dir, tmp_path, capsys):
+    assert main(["generate", "--task", "s2s", "--model", str(model_dir)]) == 2
+    assert "takes speech input" in capsys.readouterr().err
+    assert main(["generate", "--task", "nope", "--model", str(model_dir), "x.wav"]) == 2
+    assert "unknown task 'nope'; this model's tasks: s2s, tts" in capsys.readouterr().err
