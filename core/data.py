@@ -195,6 +195,8 @@ class SpeechResolver:
             units = self.unit_store[uid]
         except KeyError:
             raise BadRow("missing_units", f"speech field {key!r}: unit-store id {uid!r} not found in data.unit_store") from None
+        except ValueError as exc:  # UnitStoreError: a shard listed in the index is missing or incomplete
+            raise BadRow("missing_units", f"speech field {key!r}: unit-store id {uid!r}: {exc}") from None
         return torch.as_tensor(units, dtype=torch.long).reshape(-1)
 
     def _from_audio(self, rel: str, key: str) -> torch.Tensor:
@@ -330,16 +332,25 @@ def load_examples(
     return ExampleSet(by_task=by_task, report=report)
 
 
-def speech_resolver(config: DataConfig, base_dir: Optional[Path], manifest: Optional[Path], tokenizer: Any = None) -> SpeechResolver:
+def speech_resolver(
+    config: DataConfig, base_dir: Optional[Path], manifest: Optional[Path], tokenizer: Any = None, num_units: Optional[int] = None
+) -> SpeechResolver:
     """The resolver for a data config: its unit store, and the tokenizer for audio fields."""
     store = None
     if config.unit_store:
         from .unit_store import UnitStore
 
         root = _abs(config.unit_store, base_dir)
-        if not root.is_dir():
-            raise DataError(f"data.unit_store: no folder at {root} (run `diffuspeech tokenize MANIFEST --out DIR` first)")
-        store = UnitStore(root)
+        try:
+            store = UnitStore(root)
+        except ValueError as exc:
+            raise DataError(f"data.unit_store: {exc}") from None
+        stored = store.meta.get("num_units")
+        if num_units is not None and stored is not None and int(stored) != int(num_units):
+            raise DataError(
+                f"data.unit_store: {root} holds units of a {stored}-unit tokenizer but vocab.num_units is {num_units}; "
+                f"tokenize with the config's tokenizer or fix vocab.num_units"
+            )
     encode = None
     if tokenizer is not None:
         from .audio import load_audio

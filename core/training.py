@@ -203,7 +203,7 @@ class Trainer:
         for s in self.tc.stages:
             used |= set(s.mixture) if s.mixture else set(model.tasks)
         manifest = self._path(self.dc.manifest)
-        speech = speech_resolver(self.dc, self.base_dir, manifest, model.tokenizer)
+        speech = speech_resolver(self.dc, self.base_dir, manifest, model.tokenizer, model.vocab.num_units)
         common = dict(tasks=model.tasks, vocab=model.vocab, speech=speech, config=self.dc, max_length=max_length, only_tasks=used)
         train = load_examples(manifest, split=self.dc.train_split, default_split=self.dc.train_split, **common)
         if self.dc.dev_manifest:
