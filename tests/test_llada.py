@@ -344,3 +344,29 @@ def test_bench_backbone_prints_one_json_line(capsys):
     for preset in ("tiny", "small"):
         assert result[f"cpu_{preset}_tokens_per_s"] > 0
     assert 1 < result["cpu_tiny_params_m"] < 10 < result["cpu_small_params_m"] < 50
+
+
+def test_loading_peak_memory_stays_below_twice_the_model(tmp_path):
+    """Loading streams tensor by tensor: the process grows by about the model, not two copies."""
+    import subprocess
+    import sys
+
+    # many small tensors in 8 shards: the file pages mapped while one shard is read stay small
+    cfg = official_config(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, mlp_hidden_size=1024, vocab=2000,
+                          max_len=64)
+    tensors = official_tensors(cfg)
+    model_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    write_official(tmp_path / "mem", cfg, tensors, shards=8)
+    del tensors
+    script = (
+        "import resource, sys\n"
+        "from diffuspeech import build_component, get_registry\n"
+        "get_registry()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "m = build_component('backbones', {'name': 'llada', 'path': sys.argv[1]})\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "mem")], capture_output=True, text=True, check=True)
+    growth = int(out.stdout.strip().splitlines()[-1])
+    assert model_bytes > 30e6
+    assert growth < 1.6 * model_bytes, f"peak grew by {growth / 1e6:.0f} MB for a {model_bytes / 1e6:.0f} MB model"

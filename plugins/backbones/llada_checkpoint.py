@@ -159,7 +159,13 @@ def load_llada_weights(model: nn.Module, path: str | Path, dtype: torch.dtype, d
                     bad_shapes.append(f"{key} is {list(shape)}, expected {list(target.shape)}")
                     progress.update(1)
                     continue
-                tensor = f.get_tensor(key).to(dtype=dtype)
+                stored = f.get_tensor(key)
+                tensor = stored.to(dtype=dtype)
+                if tensor.data_ptr() == stored.data_ptr():
+                    # on CPU in the stored dtype, safetensors returns a view of the memory-mapped
+                    # file: own the memory, so later writes to the file cannot reach the model
+                    tensor = tensor.clone()
+                del stored
                 _assign(model, name, tensor, target.requires_grad)
                 progress.update(1)
     progress.close()
