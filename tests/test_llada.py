@@ -306,6 +306,16 @@ def test_state_dict_round_trips_through_safetensors(tmp_path):
         assert torch.equal(a(ids), b(ids))
 
 
+def test_training_after_an_inference_mode_forward():
+    model = build_component("backbones", {"name": "llada", "preset": "tiny", "n_layers": 1, "seed": 0})
+    ids = torch.arange(6)[None]
+    with torch.inference_mode():
+        model(ids)  # builds the RoPE tables
+    model.train()
+    model(ids, logits_at=ids > 2).sum().backward()
+    assert model.transformer["wte"].weight.grad is not None
+
+
 def test_gradient_checkpointing_gives_same_gradients():
     spec = {"name": "llada", "d_model": 32, "n_layers": 2, "n_heads": 2, "mlp_hidden_size": 40,
             "vocab_size": 30, "max_sequence_length": 16, "seed": 3}

@@ -167,7 +167,9 @@ class LLaDABackbone(Backbone):
         cached = self._rope_cache.get(key)
         if cached is None or cached[0].shape[0] < length:
             size = max(length, self.arch.max_sequence_length)
-            cached = rope_tables(size, self.arch.head_dim, self.arch.rope_theta, device)
+            # plain tensors even when first called under inference_mode, so training can reuse them
+            with torch.inference_mode(False), torch.no_grad():
+                cached = rope_tables(size, self.arch.head_dim, self.arch.rope_theta, device)
             self._rope_cache[key] = cached
         cos, sin = cached
         return cos[:length], sin[:length]
