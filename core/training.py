@@ -182,6 +182,11 @@ class Trainer:
         backbone = model.backbone
         if backbone is None:
             raise ConfigError("training needs a `backbone` section")
+        if backbone.vocab_size < model.vocab.size:
+            raise ConfigError(
+                f"backbone: {backbone.vocab_size} embedding rows but the vocabulary has {model.vocab.size} ids; "
+                f"set backbone.vocab_size (fresh models) or backbone.extend_vocab_to to {model.vocab.size}"
+            )
         if self.tc.gradient_checkpointing:
             if not hasattr(backbone.config, "gradient_checkpointing"):
                 raise ConfigError(
