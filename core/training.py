@@ -449,10 +449,29 @@ class Trainer:
         return result
 
 
+PATH_KEYS = ("manifest", "dev_manifest", "unit_store", "audio_root", "init_from", "out", "path", "text_tokenizer")
+
+
+def absolute_path_overrides(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """Relative paths given as overrides are relative to the working directory (those in the
+    YAML file stay relative to the file's folder)."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        last = key.rsplit(".", 1)[-1]
+        if sep and value and value not in ("null", "???") and (last in PATH_KEYS or last.endswith("_path")) and not Path(value).is_absolute():
+            item = f"{key}={Path(value).resolve()}"
+        out.append(item)
+    return out
+
+
 def train(config: str | Path | DictConfig, overrides: list[str] | tuple[str, ...] = (), out: str | Path | None = None, resume: bool = False) -> TrainResult:
-    """Python entry point: ``train("configs/train_tiny.yaml", ["data.manifest=..."], out="runs/x")``."""
+    """Python entry point: ``train("configs/train_tiny.yaml", ["data.manifest=..."], out="runs/x")``.
+
+    Relative paths in ``overrides`` are read against the working directory."""
     from .compose import load_config
 
+    overrides = absolute_path_overrides(overrides)
     if isinstance(config, (str, Path)):
         cfg, base, name = load_config(config, overrides), Path(config).parent, Path(config).stem
     else:
