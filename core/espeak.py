@@ -245,8 +245,13 @@ class Espeak:
                 raise EspeakError(f"espeak-ng {label} must be {PITCH_RANGE[0]}..{PITCH_RANGE[1]}, got {value}")
         data = text.encode("utf-8")
         voice = self.check_voice(voice)
+        language, _, variant = voice.partition("+")
+        # The library looks voices up by name or file name; "en-gb" is only a language code
+        # (its file is "gmw/en"), so pass the file name of the language voice.
+        file_name = next(v.identifier for v in self.voices() if v.language == language).rsplit("/", 1)[-1]
+        spec = f"{file_name}+{variant}" if variant else file_name
         with self._lock:
-            if self._lib.espeak_SetVoiceByName(voice.encode("utf-8")) != _EE_OK:
+            if self._lib.espeak_SetVoiceByName(spec.encode("utf-8")) != _EE_OK:
                 raise EspeakError(
                     f"espeak-ng has no voice {voice!r}: use LANGUAGE[+VARIANT] with a language from "
                     "Espeak.voices() (e.g. 'en-us') and a variant id from Espeak.variants() (e.g. 'f2')"
