@@ -407,7 +407,7 @@ class Trainer:
             where = f"train.stages[{si}]"
             select_trainable(tm, list(stage.train), list(stage.freeze), where)
             wrapped = wrap_ddp(tm, info) if self.strategy == "ddp" else tm
-            optimizer = build_optimizer(wrapped, stage.lr, tc.weight_decay, tuple(tc.betas), tc.adam_eps)
+            optimizer = build_optimizer(wrapped, stage.lr, tc.weight_decay, tuple(tc.betas), tc.adam_eps, fused=self.strategy != "fsdp")
             mixture = normalise_mixture(dict(stage.mixture or {}), train.counts(), f"{where}.mixture")
             lengths = {t: [len(e) for e in train.by_task[t]] for t in mixture}
             batcher = MixtureBatcher(lengths, mixture, self.dc.batch_size, self.dc.bucket_batches, (tc.seed, si))

@@ -42,7 +42,7 @@ def measure(device: str, batch: int, length: int, vocab: int, steps: int, thread
     backbone = LLaDABackbone(LLaDABackbone.Config(preset="tiny", vocab_size=vocab, max_sequence_length=length, seed=0, device=device))
     scheduler, noiser = build_component("schedulers", "linear"), build_component("noisers", "iid")
     mask_id = vocab - 1
-    opt = torch.optim.AdamW(backbone.parameters(), lr=1e-5)
+    opt = torch.optim.AdamW(backbone.parameters(), lr=1e-5, fused=True)  # as the trainer (build_optimizer)
     for p in backbone.parameters():  # gradients and AdamW moments exist before any measured step
         p.grad = torch.zeros_like(p)
     opt.step()
