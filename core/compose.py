@@ -33,7 +33,7 @@ COMPONENT_SECTIONS: dict[str, str] = {
 # function ``(node, path) -> Any`` raising ConfigError, or None (accepted as is).
 # Modules that own a section add themselves here (e.g. ``vocab``, ``tasks``, ``train``).
 SECTION_SCHEMAS: dict[str, Any] = {"meta": None}
-SECTION_OWNERS = ("diffuspeech.vocab", "diffuspeech.formats", "diffuspeech.objective", "diffuspeech.training")
+SECTION_OWNERS = ("diffuspeech.vocab", "diffuspeech.formats", "diffuspeech.objective", "diffuspeech.training", "diffuspeech.pipeline")
 
 
 def _import_section_owners() -> None:
