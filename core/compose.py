@@ -162,6 +162,12 @@ def validate_config(cfg: DictConfig | dict) -> None:
     """Check every section of a full config without building models. Raises ConfigError."""
     data = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     _import_section_owners()
+    missing = sorted(OmegaConf.missing_keys(data))
+    if missing:
+        raise ConfigError(
+            f"{missing[0]}: a required value is not set (??? in the config); set it in the file or with an override "
+            f"like {missing[0]}=..." + (f" (also unset: {', '.join(missing[1:])})" if len(missing) > 1 else "")
+        )
     valid = sorted(set(COMPONENT_SECTIONS) | set(SECTION_SCHEMAS))
     for key in data:
         key = str(key)

@@ -70,3 +70,10 @@ def test_cli_validate_and_show(tmp_path, capsys):
     assert "scheduler.name: unknown scheduler name 'cosin'" in capsys.readouterr().err
     assert main(["config", "validate", str(tmp_path / "nope.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_mandatory_values_must_be_set():
+    cfg = load_config({"scheduler": {"name": "cosine"}, "vocab": {"text_size": "???", "num_units": "???"}})
+    with pytest.raises(ConfigError, match=r"^vocab.num_units: a required value is not set .*vocab.num_units=\.\.\. \(also unset: vocab.text_size\)"):
+        validate_config(cfg)
+    validate_config(load_config(cfg, ["vocab.text_size=10", "vocab.num_units=4"]))
