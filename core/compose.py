@@ -70,11 +70,26 @@ def load_config(source: str | Path | dict | DictConfig, overrides: Sequence[str]
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
-    if overrides:
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Apply dotlist overrides in order; list items are addressed by index (``train.stages.0.lr=1e-3``)."""
+    import yaml
+
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"bad override: {exc}") from None
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except (OmegaConfBaseException, ValueError, IndexError, KeyError) as exc:
+            raise ConfigError(f"override {item!r}: {str(exc).splitlines()[0]}") from None
     return cfg
 
 

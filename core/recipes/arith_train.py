@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from ..audio import load_audio
+from ..compose import apply_overrides
 from ..kmeans import fit_kmeans
 from ..mel import MelConfig, log_mel, mel_transform
 from ..number_words import NUMBER_WORDS
@@ -171,7 +172,7 @@ def run(cfg: ArithTrainConfig) -> dict[str, Any]:
             "train": {"seed": cfg.seed},
         }
     )
-    config = OmegaConf.merge(base, fills, OmegaConf.from_dotlist(list(cfg.overrides)))
+    config = apply_overrides(OmegaConf.merge(base, fills), cfg.overrides)
     from ..vocab import Vocab, VocabConfig
 
     vocab = Vocab(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(VocabConfig), config.vocab)))
