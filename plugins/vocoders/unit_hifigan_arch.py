@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from speechbrain.lobes.models.HifiGAN import HifiganGenerator, UnitHifiganGenerator
-from speechbrain.nnet.CNN import Conv1d as SBConv1d
+
+# speechbrain is imported inside the methods that build or run the generator: importing it
+# costs ~2 s (scipy, its data pipeline), which plugin registration must not pay.
 
 PADDING_MODES = ("reflect", "zeros")
 DURATION_PREDICTORS = ("speechbrain", "codehifigan")
@@ -154,6 +155,9 @@ class UnitHifigan(nn.Module):
     """speechbrain ``UnitHifiganGenerator`` + optional speaker/style tables; see module doc."""
 
     def __init__(self, arch: UnitHifiganArch) -> None:
+        from speechbrain.lobes.models.HifiGAN import UnitHifiganGenerator
+        from speechbrain.nnet.CNN import Conv1d as SBConv1d
+
         super().__init__()
         arch.validate()
         self.arch = arch
@@ -242,6 +246,8 @@ class UnitHifigan(nn.Module):
         cond = self.condition(batch, speaker, style)
         if cond is not None:
             x = torch.cat([x, cond[:, :, None].expand(-1, -1, frames)], dim=1)  # [B, D + C, T]
+        from speechbrain.lobes.models.HifiGAN import HifiganGenerator
+
         wav = HifiganGenerator.forward(self.generator, x)[:, 0]  # [B, T * hop]
         sample_lengths = lengths * self.hop_length
         valid = torch.arange(wav.shape[1], device=wav.device)[None, :] < sample_lengths[:, None]
