@@ -35,6 +35,7 @@ class GenerationConfig:
     lengths: dict[str, int] = field(default_factory=dict)  # target field -> length budget (default: the segment's max_len)
     seed: Optional[int] = 0  # sampling seed (reproducible outputs)
     backend: str = "auto"  # sampling kernel: auto | triton | torch
+    kv_cache: str = "none"  # approximate KV cache within blocks (Fast-dLLM): none | prefix | dual; needs block_length
 
 
 SECTION_SCHEMAS["generation"] = GenerationConfig
@@ -175,15 +176,20 @@ class Pipeline:
         spec, batch = self.canvas(task_name, [p[0] for p in prepared], lengths)
         model = self.model
         sampler = model.sampler if model.sampler is not None else "low_confidence"
+        steps = opts.steps
+        if opts.block_length is None:
+            # a task with few target tokens (e.g. S2T's short answer) gets one step per token at most
+            steps = max(1, min(steps, int(batch["target"].sum(dim=1).min())))
         result: GenerationResult = generate(
             model.backbone,
             spec,
             DecodeOptions(
-                steps=opts.steps,
+                steps=steps,
                 block_length=opts.block_length,
                 temperature=opts.temperature,
                 cfg_scale=opts.cfg_scale,
                 backend=opts.backend,
+                kv_cache=opts.kv_cache,
                 record_trajectory=record_trajectory,
                 seed=opts.seed,
                 progress=progress,

@@ -1,0 +1,36 @@
+"""``diffuspeech eval arith [--model DIR] [--data DIR] [overrides]``: evaluate on a dev manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a model (`eval arith`: the spoken-arithmetic metrics)")
+    esub = p.add_subparsers(dest="eval_name", metavar="BENCHMARK", required=True)
+    a = esub.add_parser("arith", help="spoken-answer accuracy, thinking exact match, S2T, ASR WER, TTS, ceilings")
+    a.add_argument("--data", default="arith-corpus", help="corpus folder from `recipe arith prepare` (default ./arith-corpus)")
+    a.add_argument("--split", default="dev", help="manifest to evaluate: <data>/<split>.jsonl (default dev)")
+    a.add_argument("--model", help="saved model folder (default: the embedded model)")
+    a.add_argument("--out", default="eval-arith", help="output folder for metrics.json, metrics.md, trajectory.png")
+    a.add_argument("--limit", type=int, help="evaluate the first N rows only")
+    a.add_argument("--batch-size", type=int, default=32)
+    a.add_argument("--tasks", nargs="+", default=["s2s", "s2t", "asr", "tts"], choices=["s2s", "s2t", "asr", "tts"])
+    a.add_argument("--no-progress", action="store_true")
+    a.add_argument("overrides", nargs="*", help="model config overrides, e.g. generation.steps=8 sampler.name=threshold")
+    a.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..recipes.arith_eval import ArithEvalConfig, evaluate
+
+    metrics = evaluate(
+        ArithEvalConfig(
+            data=args.data, split=args.split, model=args.model, out=args.out, limit=args.limit,
+            batch_size=args.batch_size, overrides=list(args.overrides), tasks=tuple(args.tasks), progress=not args.no_progress,
+        )
+    )
+    print((Path(args.out) / "metrics.md").read_text(), end="")
+    print(json.dumps(metrics))
+    return 0
