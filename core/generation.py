@@ -30,6 +30,12 @@ strategy is the step's planned count (at most what is still masked): when a stra
 reveals more (threshold) or early stop fills a segment, the block simply finishes sooner
 and its remaining steps are skipped.
 
+KV caching (``kv_cache``: ``prefix`` | ``dual``, needs ``block_length``): Fast-dLLM's
+approximate cache, see :mod:`diffuspeech.kv_cache`. The first forward of each block is a
+full one that also caches every layer's keys/values; the block's other steps run the
+backbone on the block (dual) or the block and the suffix (prefix) only. Backbones without
+the capability get full forwards and a warning.
+
 Fix of LLaDA's EOS suppression: LLaDA's ``confidence_eos_eot_inf`` sets EOS to -inf in the
 noisy logits *after* sampling, so at temperature > 0 EOS keeps its confidence (LLaDA issue
 #137). Here ``defer_ids`` sets the confidence of every candidate in that list to 0 at every
@@ -46,6 +52,7 @@ import torch
 
 from .backbone import Backbone
 from .kernels.sampling import SAMPLING_BACKENDS, resolve_backend, sample_rows
+from .kv_cache import KV_CACHE_MODES, BlockForward
 from .modality import MODALITY_CODE, SPEECH, TEXT
 from .sampler import Sampler
 from .scheduler import MaskScheduler
@@ -90,6 +97,7 @@ class DecodeOptions:
     seed: Optional[int] = None  # seeds a generator on the canvas device when none is passed
     progress: bool = False  # tqdm bar over steps
     max_logits_bytes: int = 256 << 20  # bound on the float32 logits held at once (row chunks of the head)
+    kv_cache: str = "none"  # approximate KV cache within each block (Fast-dLLM): none | prefix | dual; needs block_length
 
 
 @dataclass
@@ -111,6 +119,9 @@ class GenerationResult:
     steps: int  # denoising steps actually run
     forward_passes: int  # network evaluations: one per step, two with classifier-free guidance (one doubled batch)
     num_blocks: int
+    cached_forwards: int = 0  # of forward_passes, those that ran only a block window on the KV cache
+    positions_computed: int = 0  # query positions the backbone ran, summed over the rows of every pass
+    tokens_scored: int = 0  # positions the output head scored (conditional rows; the CFG pass scores as many again)
 
 
 def even_split_counts(num_masked: torch.Tensor, steps: int) -> torch.Tensor:
@@ -162,6 +173,13 @@ def _check_options(options: DecodeOptions) -> None:
         raise GenerationError(f"cfg_scale must be >= 0 (0 = no guidance), got {options.cfg_scale}")
     if options.backend not in SAMPLING_BACKENDS:
         raise GenerationError(f"unknown sampling backend {options.backend!r}; valid choices: {', '.join(SAMPLING_BACKENDS)}")
+    if options.kv_cache not in KV_CACHE_MODES:
+        raise GenerationError(f"unknown kv_cache {options.kv_cache!r}; valid choices: {', '.join(KV_CACHE_MODES)}")
+    if options.kv_cache != "none" and options.block_length is None:
+        raise GenerationError(
+            f"kv_cache={options.kv_cache!r} caches keys/values between the steps of a block: set block_length "
+            "(e.g. 32) for semi-autoregressive decoding, or use kv_cache='none'"
+        )
 
 
 # --------------------------------------------------------------------------- plan
@@ -295,6 +313,8 @@ def generate(
     defer = torch.tensor(list(options.defer_ids), dtype=torch.long, device=device) if options.defer_ids else None
     head_rows = max(1, options.max_logits_bytes // (4 * vocab * (3 if use_cfg else 1)))
 
+    forward = BlockForward(backbone, options.kv_cache, attn, copies=2 if use_cfg else 1)
+    scored = torch.zeros((), dtype=torch.long, device=device)
     step = passes = 0
     bar = None
     if options.progress:
@@ -316,7 +336,9 @@ def generate(
         for s in range(steps_per_block):
             if not bool((state.masked & (block_id == blk)).any()):  # block done early (threshold, early stop)
                 break
-            passes += _denoise_step(backbone, strategy, fixed, state, blk, s, step, options, generator, backend, head_rows)
+            passes += _denoise_step(
+                backbone, forward, strategy, fixed, state, blk, s, step, options, generator, backend, head_rows, scored
+            )
             step += 1
             if bool(state.nan_seen):
                 raise GenerationError(
@@ -335,6 +357,9 @@ def generate(
         steps=step,
         forward_passes=passes,
         num_blocks=num_blocks,
+        cached_forwards=forward.cached_forwards,
+        positions_computed=forward.positions_computed,
+        tokens_scored=int(scored),
     )
 
 
@@ -370,6 +395,7 @@ class _State:
 
 def _denoise_step(
     backbone: Backbone,
+    forward: BlockForward,
     strategy: Sampler,
     plan: _Plan,
     state: _State,
@@ -380,6 +406,7 @@ def _denoise_step(
     generator: torch.Generator | None,
     backend: str,
     head_rows: int,
+    scored: torch.Tensor,
 ) -> int:
     """One denoising step, updating ``state`` in place; returns the network evaluations spent.
 
@@ -397,9 +424,12 @@ def _denoise_step(
 
     use_cfg = plan.condition is not None
     inp = torch.cat([tokens, tokens.masked_fill(plan.condition, plan.mask_id)]) if use_cfg else tokens  # [B or 2B, L]
-    hidden = backbone.hidden_states(inp, plan.attention)  # [B or 2B, L, D]
-    h = hidden[:bsz][need]  # [N, D]
-    hu = hidden[bsz:][need] if use_cfg else None  # [N, D]
+    hidden, window = forward(inp, plan.block_id == blk, blk)  # [B or 2B, W, D], [B or 2B, W] or None (W = L)
+    # window positions increase along each row, so the row-major order of need_w is that of need
+    need_w = need if window is None else need.gather(1, window[:bsz])  # [B, W]
+    h = hidden[:bsz][need_w]  # [N, D]
+    hu = hidden[bsz:][need_w] if use_cfg else None  # [N, D]
+    scored += need_w.sum()
     ids, prob = _sample_candidates(
         backbone, h, hu, plan.lo[need], plan.hi[need], options, plan.mask_id, generator, backend, head_rows
     )  # [N], [N]

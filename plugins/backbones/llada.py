@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from diffuspeech.backbone import Backbone
+from diffuspeech.kv_cache import KVCache
 
 from .llada_arch import ARCH_FIELDS, LLaDAArch, check_overrides_match, resolve_arch
 from .llada_layers import LLaDABlock, RMSNorm, TiedHead, rope_tables
@@ -47,6 +48,8 @@ def check_attention_mask(mask: torch.Tensor | None, batch: int, length: int) -> 
 
 class LLaDABackbone(Backbone):
     """LLaDA transformer. State-dict keys are the official ones without the leading ``model.``."""
+
+    supports_kv_cache = True  # hidden_states_and_cache / hidden_states_cached (see diffuspeech.kv_cache)
 
     @dataclass
     class Config:
@@ -190,6 +193,61 @@ class LLaDABackbone(Backbone):
             else:
                 x = block(x, cos, sin, attention_mask)
         return self.transformer["ln_f"](x)  # [B, L, D]
+
+    # ----------------------------------------------------------------- KV cache (block decoding)
+    @torch.no_grad()
+    def hidden_states_and_cache(
+        self,
+        input_ids: torch.Tensor,  # [B, L] long
+        attention_mask: torch.Tensor | None = None,  # [B, 1, L, L] bool, True = attend; None = full
+    ) -> tuple[torch.Tensor, KVCache]:
+        """:meth:`hidden_states` plus every layer's rotated keys and values, for cached block steps."""
+        batch, length = input_ids.shape
+        check_attention_mask(attention_mask, batch, length)
+        x = self.transformer["wte"](input_ids)  # [B, L, D]
+        cos, sin = self._rope(length, x.device)  # [L, Dh] each
+        keys, values = [], []
+        for block in self.transformer["blocks"]:
+            x, k, v = block.forward_with_kv(x, cos, sin, attention_mask)  # [B, L, D], [B, Hkv, L, Dh] x2
+            keys.append(k)
+            values.append(v)
+        return self.transformer["ln_f"](x), KVCache(keys, values)  # [B, L, D]
+
+    @torch.no_grad()
+    def hidden_states_cached(
+        self,
+        input_ids: torch.Tensor,  # [B, W] long, the tokens at the window positions
+        positions: torch.Tensor,  # [B, W] long canvas positions of the window (distinct per row)
+        cache: KVCache,  # from hidden_states_and_cache on a [B, L] canvas; window entries overwritten in place
+        attention_mask: torch.Tensor | None = None,  # [B, 1, L, L] canvas mask; None = full
+    ) -> torch.Tensor:
+        """Final hidden states ``[B, W, D]`` of the window: its queries attend over all L keys,
+        recomputed at the window and taken from ``cache`` elsewhere (Fast-dLLM)."""
+        batch, width = input_ids.shape
+        if positions.shape != input_ids.shape:
+            raise ValueError(f"positions {tuple(positions.shape)} must match input_ids {tuple(input_ids.shape)}")
+        if len(cache.keys) != len(self.transformer["blocks"]) or cache.batch != batch:
+            raise ValueError(
+                f"KV cache of {len(cache.keys)} layers x batch {cache.batch} does not fit this call "
+                f"({len(self.transformer['blocks'])} layers, batch {batch}): build it with hidden_states_and_cache "
+                "on the same canvas"
+            )
+        length = cache.length
+        if bool(((positions < 0) | (positions >= length)).any()):
+            raise ValueError(f"window positions must lie in [0, {length}) (the cached canvas length)")
+        check_attention_mask(attention_mask, batch, length)
+        x = self.transformer["wte"](input_ids)  # [B, W, D]
+        cos, sin = self._rope(length, x.device)  # [L, Dh]
+        cos, sin = cos[positions][:, None], sin[positions][:, None]  # [B, 1, W, Dh] each
+        rows = None
+        if attention_mask is not None:
+            full = attention_mask.expand(batch, 1, length, length)
+            rows = full.gather(2, positions[:, None, :, None].expand(batch, 1, width, length))  # [B, 1, W, L]
+        kv_heads, head_dim = self.arch.n_kv_heads, self.arch.head_dim
+        index = positions[:, None, :, None].expand(batch, kv_heads, width, head_dim)  # [B, Hkv, W, Dh]
+        for block, k_cache, v_cache in zip(self.transformer["blocks"], cache.keys, cache.values):
+            x = block.forward_window(x, cos, sin, rows, index, k_cache, v_cache)  # [B, W, D]
+        return self.transformer["ln_f"](x)  # [B, W, D]
 
     @torch.no_grad()
     def resize_vocab(self, new_size: int, init: str = "mean") -> None:

@@ -64,6 +64,41 @@ class LLaDABlock(nn.Module):
         self.up_proj = nn.Linear(d, arch.mlp_hidden_size, **lin)
         self.ff_out = nn.Linear(arch.mlp_hidden_size, d, **lin)
 
+    def _qkv(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotated queries ``[B, H, L, Dh]``, rotated keys and values ``[B, Hkv, L, Dh]``.
+
+        cos/sin are ``[L, Dh]`` (positions 0..L-1) or ``[B, 1, L, Dh]`` (any positions per row)."""
+        b, length, _ = x.shape
+        h = self.attn_norm(x)  # [B, L, D]
+        q = self.q_proj(h).view(b, length, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, L, Dh]
+        k = self.k_proj(h).view(b, length, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, Dh]
+        v = self.v_proj(h).view(b, length, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, Dh]
+        q = apply_rope(q, cos, sin, self.rope_full_precision)
+        k = apply_rope(k, cos, sin, self.rope_full_precision)
+        return q, k, v
+
+    def _attend_and_mlp(
+        self,
+        x: torch.Tensor,  # [B, Lq, D] residual stream of the queries
+        q: torch.Tensor,  # [B, H, Lq, Dh]
+        k: torch.Tensor,  # [B, Hkv, Lk, Dh]
+        v: torch.Tensor,  # [B, Hkv, Lk, Dh]
+        mask: torch.Tensor | None,  # [B, 1, Lq, Lk] bool or None (full attention)
+    ) -> torch.Tensor:
+        b, length, d = x.shape
+        gqa = self.n_kv_heads != self.n_heads
+        if gqa and mask is not None:
+            # SDPA's fused kernels that take a mask do not take enable_gqa: share kv heads explicitly
+            group = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [B, H, Lk, Dh]
+            gqa = False
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # [B, H, Lq, Dh]
+        x = x + self.attn_out(att.transpose(1, 2).reshape(b, length, d))  # [B, Lq, D]
+        h = self.ff_norm(x)
+        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))  # [B, Lq, D]
+
     def forward(
         self,
         x: torch.Tensor,  # [B, L, D]
@@ -71,23 +106,31 @@ class LLaDABlock(nn.Module):
         sin: torch.Tensor,  # [L, Dh]
         mask: torch.Tensor | None,  # [B, 1, L, L] bool or None (full attention)
     ) -> torch.Tensor:
-        b, length, d = x.shape
-        h = self.attn_norm(x)  # [B, L, D]
-        q = self.q_proj(h).view(b, length, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, L, Dh]
-        k = self.k_proj(h).view(b, length, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, Dh]
-        v = self.v_proj(h).view(b, length, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, Dh]
-        q = apply_rope(q, cos, sin, self.rope_full_precision)
-        k = apply_rope(k, cos, sin, self.rope_full_precision)
-        gqa = self.n_kv_heads != self.n_heads
-        if gqa and mask is not None:
-            # SDPA's fused kernels that take a mask do not take enable_gqa: share kv heads explicitly
-            group = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [B, H, L, Dh]
-            gqa = False
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # [B, H, L, Dh]
-        x = x + self.attn_out(att.transpose(1, 2).reshape(b, length, d))  # [B, L, D]
-        h = self.ff_norm(x)
-        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))  # [B, L, D]
+        q, k, v = self._qkv(x, cos, sin)
+        return self._attend_and_mlp(x, q, k, v, mask)  # [B, L, D]
+
+    def forward_with_kv(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` that also returns this layer's rotated keys and values ``[B, Hkv, L, Dh]``."""
+        q, k, v = self._qkv(x, cos, sin)
+        return self._attend_and_mlp(x, q, k, v, mask), k, v
+
+    def forward_window(
+        self,
+        x: torch.Tensor,  # [B, W, D] residual stream at the window positions
+        cos: torch.Tensor,  # [B, 1, W, Dh] RoPE of the window positions
+        sin: torch.Tensor,  # [B, 1, W, Dh]
+        mask: torch.Tensor | None,  # [B, 1, W, L] bool rows of the window queries, or None (full attention)
+        index: torch.Tensor,  # [B, Hkv, W, Dh] long: the window positions, expanded for scatter
+        k_cache: torch.Tensor,  # [B, Hkv, L, Dh] keys of every position; the window's are overwritten in place
+        v_cache: torch.Tensor,  # [B, Hkv, L, Dh] values, likewise
+    ) -> torch.Tensor:
+        """The window's queries attend over all L keys: fresh at the window, cached elsewhere."""
+        q, k, v = self._qkv(x, cos, sin)  # [B, H, W, Dh], [B, Hkv, W, Dh] x2
+        k_cache.scatter_(2, index, k)
+        v_cache.scatter_(2, index, v)
+        return self._attend_and_mlp(x, q, k_cache, v_cache, mask)  # [B, W, D]
 
     def reset_parameters(self, std: float) -> None:
         for lin in (self.q_proj, self.k_proj, self.v_proj, self.attn_out, self.ff_proj, self.up_proj, self.ff_out):
