@@ -60,7 +60,7 @@ RESERVED_VOICES: tuple[str, ...] = (
     "Annie", "Boris", "Gene2", "Linda", "Michael", "Steph2", "female3", "male5", "klatt3", "travis", "Andy", "norbert",
 )
 
-# Usable-but-excluded variants, with the reason (not reserved; see docs/readme/arith.md).
+# Usable-but-excluded variants, with the reason (not reserved; see docs/arith.md).
 EXCLUDED_VARIANTS: dict[str, str] = {
     "fast": "a test variant of the synthesiser (name 'fast_test'), not a voice",
     "Demonic": "deliberately distorted effect voice (first formant lowered to 70%)",
