@@ -39,6 +39,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", default="tiny", help="llada preset of the random synthetic backbone (tiny | small)")
     parser.add_argument("--batch", type=int, default=1, help="synthetic batch size")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default); 1 gives stable timings on a busy machine")
     parser.add_argument("--model", default=None, help="saved model folder for the accuracy part (optional)")
     parser.add_argument("--data", default=None, help="corpus folder with <split>.jsonl and audio/ (with --model)")
     parser.add_argument("--split", default="dev", help="manifest name inside --data")
@@ -150,6 +151,8 @@ def _model(args, device: torch.device) -> dict[str, Any]:
 @torch.no_grad()
 def run(args) -> dict[str, Any]:
     device = torch.device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     result: dict[str, Any] = {"device": device_name(device)}
     result.update(_synthetic(args, device))
     if args.model or args.data:
