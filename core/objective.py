@@ -6,6 +6,10 @@
 
 The output head runs only at masked positions: ``[n_masked, vocab]`` logits, never
 ``[batch, length, vocab]``.
+
+``objective.mode: autoregressive`` is the same-size AR baseline: no masking, shifted
+next-token cross-entropy over the target positions (the hidden state at i-1 predicts token
+i), under a causal attention policy (:class:`AutoregressiveObjective`).
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ class ObjectiveConfig:
     eps: float = 1e-3  # t ~ U(eps, 1)
     normalize: str = "token"  # "token": sum / target tokens in the batch; "sequence": per-sequence mean, then batch mean
     logits_on: str = "masked"  # "masked" (head only where needed) | "all" (whole canvas; for benchmarks/reference only)
+    mode: str = "diffusion"  # "diffusion" | "autoregressive" (shifted next-token CE on the targets; needs attention.name=causal)
 
 
 SECTION_SCHEMAS["objective"] = ObjectiveConfig
 
 NORMALIZE_CHOICES = ("token", "sequence")
 LOGITS_ON_CHOICES = ("masked", "all")
+MODE_CHOICES = ("diffusion", "autoregressive")
 
 
 @dataclass
@@ -103,3 +109,95 @@ class MaskedDiffusionObjective:
             normalize=self.config.normalize, logits_on=self.config.logits_on,
         )
         return LossOutput(loss=loss, num_masked=int(masked.sum()), num_target=int(target.sum()))
+
+
+# --------------------------------------------------------------------------- autoregressive baseline
+def check_causal_mask(
+    attention_mask: torch.Tensor | None,  # [B, 1, L, L] bool or None (= full attention)
+    policy: str = "?",  # the attention policy's registered name, for the message
+    what: str = "objective.mode=autoregressive",
+) -> None:
+    """Raise :class:`ConfigError` unless no position may attend to a later one (lower-triangular)."""
+    if attention_mask is not None and not bool(torch.triu(attention_mask, diagonal=1).any()):
+        return
+    raise ConfigError(
+        f"{what} needs a causal attention policy, but attention.name={policy!r} lets positions attend to later "
+        f"ones; set attention.name=causal (or any policy whose mask is lower-triangular), or use the diffusion mode"
+    )
+
+
+def check_causal_policy(policy: Any, name: str, what: str = "objective.mode=autoregressive") -> None:
+    """Probe an attention policy on a small mixed text/speech/padding canvas (see :func:`check_causal_mask`)."""
+    from .modality import MODALITY_CODE, SPECIAL, SPEECH, TEXT
+
+    sp, tx, sc = MODALITY_CODE[SPECIAL], MODALITY_CODE[TEXT], MODALITY_CODE[SPEECH]
+    row = [sp, sp, sc, sc, sc, sp, sp, tx, tx, sp, sp, sc, sc, sc, sp, tx]
+    modality = torch.tensor([row, row])  # [2, 16]
+    valid = torch.ones_like(modality, dtype=torch.bool)  # [2, 16]
+    valid[1, 12:] = False  # second row padded
+    check_causal_mask(policy.mask(modality, valid), name, what)
+
+
+def autoregressive_cross_entropy(
+    backbone: Backbone,
+    ids: torch.Tensor,  # [B, L] clean ids
+    target: torch.Tensor,  # [B, L] bool: positions to predict (never position 0)
+    attention_mask: torch.Tensor | None,  # [B, 1, L, L] bool, lower-triangular
+    normalize: str = "token",
+    logits_on: str = "masked",
+) -> torch.Tensor:
+    """Shifted next-token CE: the hidden state at i-1 predicts ``ids[:, i]`` for every target i; a scalar."""
+    if normalize not in NORMALIZE_CHOICES:
+        raise ConfigError(f"objective.normalize: {normalize!r}; valid: {', '.join(NORMALIZE_CHOICES)}")
+    if logits_on not in LOGITS_ON_CHOICES:
+        raise ConfigError(f"objective.logits_on: {logits_on!r}; valid: {', '.join(LOGITS_ON_CHOICES)}")
+    if bool(target[:, 0].any()):
+        raise ValueError("autoregressive loss: position 0 is a target, but nothing precedes it to predict it from")
+    hidden = backbone.hidden_states(ids, attention_mask)  # [B, L, D]
+    nxt = target[:, 1:]  # [B, L-1]: is position i+1 a target
+    labels = ids[:, 1:][nxt]  # [N] row-major, the order of hidden[:, :-1][nxt]
+    if logits_on == "masked":
+        logits = backbone.logits(hidden[:, :-1][nxt])  # [N, V]
+    else:
+        logits = backbone.logits(hidden)[:, :-1][nxt]  # [B, L, V] -> [N, V]
+    ce = F.cross_entropy(logits.float(), labels, reduction="none")  # [N]
+    if normalize == "token":
+        return ce.sum() / target.sum().clamp_min(1)
+    per_row = torch.zeros(ids.shape[0], dtype=ce.dtype, device=ce.device)  # [B]
+    per_row.index_add_(0, nxt.nonzero()[:, 0], ce)
+    return (per_row / target.sum(dim=1).clamp_min(1)).mean()
+
+
+class AutoregressiveObjective:
+    """The AR baseline's loss for one batch: no noise, shifted next-token CE over the targets."""
+
+    def __init__(self, config: ObjectiveConfig, policy_name: str = "?") -> None:
+        self.config, self.policy_name = config, policy_name
+
+    def __call__(
+        self,
+        backbone: Backbone,
+        batch: dict[str, torch.Tensor],  # ids, modality, target, valid [B, L]
+        generator: torch.Generator | None = None,  # unused: nothing is random
+        attention_mask: torch.Tensor | None = None,  # [B, 1, L, L] bool, must be lower-triangular
+    ) -> LossOutput:
+        check_causal_mask(attention_mask, self.policy_name)
+        target = batch["target"] & batch["valid"]  # [B, L]
+        loss = autoregressive_cross_entropy(
+            backbone, batch["ids"], target, attention_mask, normalize=self.config.normalize, logits_on=self.config.logits_on
+        )
+        n = int(target.sum())
+        return LossOutput(loss=loss, num_masked=n, num_target=n)
+
+
+def build_objective(
+    config: ObjectiveConfig, scheduler: MaskScheduler, noiser: Noiser, mask_id: int, policy: Any = None, policy_name: str = "?"
+) -> MaskedDiffusionObjective | AutoregressiveObjective:
+    """The objective ``objective.mode`` names; the AR mode checks ``policy`` (the attention policy) is causal."""
+    if config.mode not in MODE_CHOICES:
+        raise ConfigError(f"objective.mode: {config.mode!r}; valid: {', '.join(MODE_CHOICES)}")
+    if config.mode == "diffusion":
+        return MaskedDiffusionObjective(config, scheduler, noiser, mask_id)
+    if policy is not None:
+        check_causal_policy(policy, policy_name)
+    return AutoregressiveObjective(config, policy_name)

@@ -27,6 +27,7 @@ from .model import SpeechDiffusionModel
 
 @dataclass
 class GenerationConfig:
+    mode: str = "diffusion"  # "diffusion" | "autoregressive" (left to right, one token per pass; needs attention.name=causal)
     steps: int = 32  # denoising steps (total over blocks)
     block_length: Optional[int] = None  # semi-autoregressive blocks over the targets; None = one block
     temperature: float = 0.0  # Gumbel temperature; 0 = greedy
@@ -39,6 +40,7 @@ class GenerationConfig:
 
 
 SECTION_SCHEMAS["generation"] = GenerationConfig
+GENERATION_MODES = ("diffusion", "autoregressive")
 
 SpeechInput = Union[str, Path, torch.Tensor]
 
@@ -180,26 +182,33 @@ class Pipeline:
         if opts.block_length is None:
             # a task with few target tokens (e.g. S2T's short answer) gets one step per token at most
             steps = max(1, min(steps, int(batch["target"].sum(dim=1).min())))
-        result: GenerationResult = generate(
-            model.backbone,
-            spec,
-            DecodeOptions(
-                steps=steps,
-                block_length=opts.block_length,
-                temperature=opts.temperature,
-                cfg_scale=opts.cfg_scale,
-                backend=opts.backend,
-                kv_cache=opts.kv_cache,
-                record_trajectory=record_trajectory,
-                seed=opts.seed,
-                progress=progress,
-            ),
-            sampler=sampler,
-            scheduler=model.scheduler if opts.use_scheduler else None,
-            on_step=on_step,
-        )
+        if opts.mode not in GENERATION_MODES:
+            raise ConfigError(f"generation.mode: {opts.mode!r}; valid: {', '.join(GENERATION_MODES)}")
+        notes: list[str] = []
+        if opts.mode == "autoregressive":
+            result, notes = self.decode_autoregressive(spec, opts, record_trajectory, progress, on_step)
+        else:
+            result = generate(
+                model.backbone,
+                spec,
+                DecodeOptions(
+                    steps=steps,
+                    block_length=opts.block_length,
+                    temperature=opts.temperature,
+                    cfg_scale=opts.cfg_scale,
+                    backend=opts.backend,
+                    kv_cache=opts.kv_cache,
+                    record_trajectory=record_trajectory,
+                    seed=opts.seed,
+                    progress=progress,
+                ),
+                sampler=sampler,
+                scheduler=model.scheduler if opts.use_scheduler else None,
+                on_step=on_step,
+            )
         outputs = []
         for i, (_, warnings) in enumerate(prepared):
+            warnings = warnings + notes
             valid = batch["valid"][i]
             tokens = result.tokens[i].cpu()[valid]
             segment = batch["segment"][i][valid]
@@ -230,6 +239,38 @@ class Pipeline:
                 )
             )
         return outputs
+
+    def decode_autoregressive(
+        self,
+        spec: CanvasSpec,
+        opts: GenerationConfig,
+        record_trajectory: bool,
+        progress: bool,
+        on_step: Callable[[StepInfo], None] | None,
+    ) -> tuple[GenerationResult, list[str]]:
+        """``generation.mode: autoregressive``: :func:`~diffuspeech.ar_decoding.ar_decode` on the canvas.
+
+        Uses ``temperature``, ``seed`` and ``backend``; the diffusion settings (steps, blocks,
+        scheduler, kv_cache) do not apply (the exact causal KV cache is used when the backbone has one)."""
+        from .ar_decoding import ARDecodeOptions, ar_decode
+        from .objective import check_causal_mask
+
+        node = self.model.config.get("attention")
+        policy = "none (full attention)" if node is None else str(node if isinstance(node, str) else node.get("name"))
+        check_causal_mask(spec.attention_mask, policy, "generation.mode=autoregressive")
+        if opts.cfg_scale > 0:
+            raise ConfigError("generation.cfg_scale: classifier-free guidance is not supported with generation.mode=autoregressive; set it to 0")
+        notes = []
+        trained = (self.model.config.get("objective") or {}).get("mode", "diffusion")
+        if trained != "autoregressive":
+            notes.append(
+                f"generation.mode=autoregressive on a model trained with objective.mode={trained}: next-token "
+                "predictions are untrained; train with objective.mode=autoregressive"
+            )
+        options = ARDecodeOptions(
+            temperature=opts.temperature, seed=opts.seed, backend=opts.backend, record_trajectory=record_trajectory, progress=progress
+        )
+        return ar_decode(self.model.backbone, spec, options, on_step=on_step), notes
 
     def run(self, task_name: str, inputs: dict[str, Any], **kwargs: Any) -> PipelineOutput:
         return self.run_batch(task_name, [inputs], **kwargs)[0]

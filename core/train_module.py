@@ -15,11 +15,11 @@ from torch import nn
 
 from .attention import AttentionPolicy
 from .compose import ConfigError
-from .objective import MaskedDiffusionObjective, masked_cross_entropy
+from .objective import AutoregressiveObjective, MaskedDiffusionObjective, autoregressive_cross_entropy, masked_cross_entropy
 
 
 class TrainModule(nn.Module):
-    def __init__(self, modules: dict[str, nn.Module], objective: MaskedDiffusionObjective, attention: AttentionPolicy) -> None:
+    def __init__(self, modules: dict[str, nn.Module], objective: MaskedDiffusionObjective | AutoregressiveObjective, attention: AttentionPolicy) -> None:
         super().__init__()
         if "backbone" not in modules:
             raise ConfigError("training needs a `backbone` section in the config")
@@ -37,6 +37,10 @@ class TrainModule(nn.Module):
         if fixed_t is None:
             return self.objective(self.backbone, batch, generator, attn).loss
         target = batch["target"] & batch["valid"]  # [B, L]
+        if isinstance(self.objective, AutoregressiveObjective):  # no noise: the same loss at every t
+            return autoregressive_cross_entropy(
+                self.backbone, batch["ids"], target, attn, normalize="token", logits_on=self.objective.config.logits_on
+            )
         t = torch.full((target.shape[0],), float(fixed_t))  # [B]
         noiser, scheduler = self.objective.noiser, self.objective.scheduler
         masked, p_mask = noiser(target, batch["modality"], t.to(target.device), scheduler, generator)

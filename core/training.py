@@ -37,7 +37,7 @@ from .compose import SECTION_SCHEMAS, ConfigError, build_component, validate_con
 from .data import DataConfig, DataError, ExampleSet, check_data_config, load_examples, speech_resolver
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_strategy, shard_fsdp, shutdown, wrap_ddp
 from .formats import collate
-from .objective import MaskedDiffusionObjective, ObjectiveConfig
+from .objective import ObjectiveConfig, build_objective
 from .train_module import TrainModule, build_optimizer, lr_at, select_trainable
 
 log = logging.getLogger("diffuspeech.train")
@@ -199,7 +199,9 @@ class Trainer:
         attention = model.attention or build_component("attention", "bidirectional", "attention")
         for module in model.modules().values():
             module.to(self.info.device)
-        objective = MaskedDiffusionObjective(self.oc, model.scheduler, noiser, model.vocab.mask_id)
+        node = model.config.get("attention")
+        policy_name = "bidirectional (default)" if node is None else str(node if isinstance(node, str) else node.get("name"))
+        objective = build_objective(self.oc, model.scheduler, noiser, model.vocab.mask_id, attention, policy_name)
         return model, TrainModule(model.modules(), objective, attention)
 
     def _load_data(self, model) -> tuple[ExampleSet, ExampleSet | None]:
