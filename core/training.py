@@ -340,7 +340,10 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, wrapped: nn.Module, dev: ExampleSet, tasks: list[str], pad_id: int) -> dict[str, float]:
-        """Dev loss at each fixed t of train.eval_times (token-normalised), per task and overall."""
+        """Dev loss at each fixed t of train.eval_times (token-normalised), per task and overall.
+
+        The autoregressive objective has no t: it is evaluated once, under the first of eval_times."""
+        times = list(self.tc.eval_times) if self.oc.mode == "diffusion" else list(self.tc.eval_times)[:1]
         wrapped.eval()
         sums: dict[tuple[str, float], list[float]] = {}
         try:
@@ -353,7 +356,7 @@ class Trainer:
                 for bi in range(0, len(exs), size):
                     batch = {k: v.to(self.info.device) for k, v in collate([e.seq for e in exs[bi : bi + size]], pad_id).items()}
                     count = float(batch["target"].sum())
-                    for ti, t in enumerate(self.tc.eval_times):
+                    for ti, t in enumerate(times):
                         with self._autocast():
                             loss = wrapped(batch, generator(self.tc.seed, "dev", task, bi, ti), fixed_t=t)
                         acc = sums.setdefault((task, t), [0.0, 0.0])
@@ -362,14 +365,14 @@ class Trainer:
         finally:
             wrapped.train()
         out: dict[str, float] = {}
-        for t in self.tc.eval_times:
+        for t in times:
             tot = [sum(v[0] for (tk, tt), v in sums.items() if tt == t), sum(v[1] for (tk, tt), v in sums.items() if tt == t)]
             if tot[1]:
                 out[f"dev/loss_t{t:g}"] = tot[0] / tot[1]
             for (task, tt), v in sums.items():
                 if tt == t:
                     out[f"dev/{task}/loss_t{t:g}"] = v[0] / v[1]
-        per_t = [out[f"dev/loss_t{t:g}"] for t in self.tc.eval_times if f"dev/loss_t{t:g}" in out]
+        per_t = [out[f"dev/loss_t{t:g}"] for t in times if f"dev/loss_t{t:g}" in out]
         if per_t:
             out["dev/loss"] = sum(per_t) / len(per_t)
         return out

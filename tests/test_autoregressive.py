@@ -226,7 +226,7 @@ def copy_config(manifest, attention="causal"):
             {"field": "dst", "modality": "text", "role": "target", "max_len": 3}]}},
         "data": {"manifest": str(manifest), "batch_size": 32, "bucket_batches": 1},
         "train": {"seed": 0, "progress": False, "tensorboard": False, "log_every": 10, "checkpoint_every": 1000,
-                  "eval_times": [0.5], "weight_decay": 0.0,
+                  "eval_times": [0.25, 0.5], "weight_decay": 0.0,
                   "stages": [{"name": "main", "steps": 70, "lr": 3e-3, "warmup_steps": 5, "mixture": {"copy": 1}}]},
     }
 
@@ -250,6 +250,7 @@ def test_ar_training_learns_to_copy(tmp_path):
     losses = [result.losses[k] for k in sorted(result.losses)]
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
     assert result.dev and result.dev[-1]["dev/loss"] < losses[0]
+    assert "dev/loss_t0.5" not in result.dev[-1]  # no t in the AR loss: evaluated once, not per eval_times
     pipe = Pipeline(SpeechDiffusionModel.load(result.model_dir))
     dev = [r for r in rows if r["split"] == "dev"]
     outs = pipe.run_batch("copy", [{"src": r["src"]} for r in dev], record_trajectory=True)
