@@ -106,10 +106,14 @@ def run(args) -> int:
         outputs = pipe.run_prepared(args.task, [p for _, _, p in good], record_trajectory=args.trajectory, progress=args.progress, **overrides_kw) if good else []
         for (n, label, _), out in zip(good, outputs):
             record = {"input": label, "thinking": out.fields.get("thinking"), "text": out.fields.get(text_field) if text_field else None, "audio": None}
-            if speech_field and speech_field in out.audio and out.audio[speech_field].numel():
+            if speech_field and speech_field in out.audio:
+                # always one wav per input (empty when the model produced no units; see "warnings")
                 stem = Path(label).stem if speech_in else f"{args.task}_{start + n:04d}"
                 wav_path = out_dir / f"{stem}.wav"
-                write_audio(wav_path, out.audio[speech_field], out.sample_rate)
+                wav = out.audio[speech_field]
+                if not wav.numel():
+                    wav = torch.zeros(max(1, out.sample_rate // 25))  # 40 ms of silence
+                write_audio(wav_path, wav, out.sample_rate)
                 record["audio"] = str(wav_path)
             if args.trajectory and out.trajectory is not None:
                 record["trajectory"] = out.trajectory.tolist()
