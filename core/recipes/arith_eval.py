@@ -61,14 +61,14 @@ def _plot_trajectory(out, path: Path, title: str) -> None:
     pos = torch.nonzero(tgt).flatten()
     steps = traj[pos]
     colors = ["tab:blue" if int(mod[p]) == MODALITY_CODE["text"] else "tab:orange" for p in pos]
-    fig, ax = plt.subplots(figsize=(10, 3.2))
+    fig, ax = plt.subplots(figsize=(10, 3.6))
     ax.scatter(pos.numpy(), steps.numpy(), c=colors, s=18)
     ax.set_xlabel("canvas position")
     ax.set_ylabel("step revealed")
     ax.set_title(title, fontsize=9)
     ax.scatter([], [], c="tab:blue", label="text (thinking, answer)")
     ax.scatter([], [], c="tab:orange", label="speech (answer units)")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
