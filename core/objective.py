@@ -41,6 +41,28 @@ LOGITS_ON_CHOICES = ("masked", "all")
 MODE_CHOICES = ("diffusion", "autoregressive")
 
 
+def _check_loss_options(normalize: str, logits_on: str) -> None:
+    if normalize not in NORMALIZE_CHOICES:
+        raise ConfigError(f"objective.normalize: {normalize!r}; valid: {', '.join(NORMALIZE_CHOICES)}")
+    if logits_on not in LOGITS_ON_CHOICES:
+        raise ConfigError(f"objective.logits_on: {logits_on!r}; valid: {', '.join(LOGITS_ON_CHOICES)}")
+
+
+def _normalised(
+    losses: torch.Tensor,  # [N] per-position losses, row-major order of `scored`
+    scored: torch.Tensor,  # [B, L'] bool: where the N losses come from (only its rows matter)
+    target: torch.Tensor,  # [B, L] bool: the normaliser counts these
+    normalize: str,
+) -> torch.Tensor:
+    """"token": sum / target tokens in the batch; "sequence": per-row sum / row targets, batch mean."""
+    if normalize == "token":
+        return losses.sum() / target.sum().clamp_min(1)
+    per_row = torch.zeros(target.shape[0], dtype=losses.dtype, device=losses.device)  # [B]
+    per_row.index_add_(0, scored.nonzero()[:, 0], losses)
+    return (per_row / target.sum(dim=1).clamp_min(1)).mean()
+
+
+
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # scalar
@@ -60,10 +82,7 @@ def masked_cross_entropy(
     logits_on: str = "masked",
 ) -> torch.Tensor:
     """The weighted CE of the masked positions, normalised; a scalar."""
-    if normalize not in NORMALIZE_CHOICES:
-        raise ConfigError(f"objective.normalize: {normalize!r}; valid: {', '.join(NORMALIZE_CHOICES)}")
-    if logits_on not in LOGITS_ON_CHOICES:
-        raise ConfigError(f"objective.logits_on: {logits_on!r}; valid: {', '.join(LOGITS_ON_CHOICES)}")
+    _check_loss_options(normalize, logits_on)
     noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)  # [B, L]
     hidden = backbone.hidden_states(noisy, attention_mask)  # [B, L, D]
     if logits_on == "masked":
@@ -72,12 +91,7 @@ def masked_cross_entropy(
         logits = backbone.logits(hidden)[masked]  # [B, L, V] -> [N, V]
     ce = F.cross_entropy(logits.float(), ids[masked], reduction="none")  # [N]
     weighted = ce / p_mask[masked].to(ce.dtype)  # [N]
-    if normalize == "token":
-        return weighted.sum() / target.sum().clamp_min(1)
-    per_row = torch.zeros(ids.shape[0], dtype=weighted.dtype, device=weighted.device)  # [B]
-    rows = masked.nonzero()[:, 0]  # [N] row of each masked position (row-major, same order as ids[masked])
-    per_row.index_add_(0, rows, weighted)
-    return (per_row / target.sum(dim=1).clamp_min(1)).mean()
+    return _normalised(weighted, masked, target, normalize)
 
 
 class MaskedDiffusionObjective:
@@ -147,10 +161,7 @@ def autoregressive_cross_entropy(
     logits_on: str = "masked",
 ) -> torch.Tensor:
     """Shifted next-token CE: the hidden state at i-1 predicts ``ids[:, i]`` for every target i; a scalar."""
-    if normalize not in NORMALIZE_CHOICES:
-        raise ConfigError(f"objective.normalize: {normalize!r}; valid: {', '.join(NORMALIZE_CHOICES)}")
-    if logits_on not in LOGITS_ON_CHOICES:
-        raise ConfigError(f"objective.logits_on: {logits_on!r}; valid: {', '.join(LOGITS_ON_CHOICES)}")
+    _check_loss_options(normalize, logits_on)
     if bool(target[:, 0].any()):
         raise ValueError("autoregressive loss: position 0 is a target, but nothing precedes it to predict it from")
     hidden = backbone.hidden_states(ids, attention_mask)  # [B, L, D]
@@ -161,11 +172,7 @@ def autoregressive_cross_entropy(
     else:
         logits = backbone.logits(hidden)[:, :-1][nxt]  # [B, L, V] -> [N, V]
     ce = F.cross_entropy(logits.float(), labels, reduction="none")  # [N]
-    if normalize == "token":
-        return ce.sum() / target.sum().clamp_min(1)
-    per_row = torch.zeros(ids.shape[0], dtype=ce.dtype, device=ce.device)  # [B]
-    per_row.index_add_(0, nxt.nonzero()[:, 0], ce)
-    return (per_row / target.sum(dim=1).clamp_min(1)).mean()
+    return _normalised(ce, nxt, target, normalize)
 
 
 class AutoregressiveObjective:
