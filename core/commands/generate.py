@@ -34,12 +34,11 @@ def add_parser(sub) -> None:
     p.add_argument("--progress", action="store_true", help="show a progress bar over denoising steps")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--allow-version-mismatch", action="store_true", help="load a model saved with other plugin versions")
-    p.add_argument("overrides", nargs="*", default=[], help=argparse_overrides_help())
+    p.add_argument(
+        "overrides", nargs="*", default=[],
+        help="config overrides key=value (e.g. sampler.name=threshold); positional args containing '=' are overrides",
+    )
     p.set_defaults(func=run)
-
-
-def argparse_overrides_help() -> str:
-    return "config overrides key=value (e.g. sampler.name=threshold); positional args containing '=' are overrides"
 
 
 def load_pipeline(model_dir: str | None, overrides: list[str], device: str = "cpu", allow_version_mismatch: bool = False):
