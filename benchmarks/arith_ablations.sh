@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Ablations of the spoken-arithmetic model, by config override only (issue: embedded default).
-# Usage: bash benchmarks/arith_ablations.sh CORPUS_DIR OUT_DIR [SCALE]
+# Usage: [MODEL=DIR] [LIMIT=N] bash benchmarks/arith_ablations.sh CORPUS_DIR OUT_DIR [SCALE]
 #   CORPUS_DIR: from `diffuspeech recipe arith prepare`; SCALE multiplies every training stage's steps.
+#   MODEL: the model whose decoding variants are measured (default: the scaled diffusion run);
+#   LIMIT: evaluate the first N dev rows only (default: all).
 # Each training run reuses the recipe; each evaluation writes OUT_DIR/<name>/eval/metrics.json.
 set -euo pipefail
-data=${1:?corpus folder}; out=${2:?output folder}; scale=${3:-0.15}
+data=${1:?corpus folder}; out=${2:?output folder}; scale=${3:-0.15}; limit=${LIMIT:-}
 mkdir -p "$out"
 
 NOTHINK_S2S='tasks.s2s.segments=[{field: question_speech, modality: speech, role: condition, max_len: 112}, {field: answer_text, modality: text, role: target, max_len: 2}, {field: answer_speech, modality: speech, role: target, max_len: 36}]'
@@ -18,7 +20,7 @@ train() {  # name, overrides...
 }
 evaluate() {  # name, model dir, overrides...
   local name=$1 model=$2; shift 2
-  diffuspeech eval arith --data "$data" --model "$model" --out "$out/$name/eval" --no-progress --tasks s2s s2t "$@"
+  diffuspeech eval arith --data "$data" --model "$model" --out "$out/$name/eval" --no-progress --tasks s2s s2t ${limit:+--limit "$limit"} "$@"
 }
 
 # 1. trained variants (same size, same steps)

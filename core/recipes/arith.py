@@ -83,7 +83,7 @@ OPERAND_MAX = 10  # A, B in 0..10
 class ArithCorpusConfig:
     out: str = "arith-corpus"  # output folder (train.jsonl, dev.jsonl, corpus.json, audio/)
     seed: int = 0  # everything random (voices, questions, speeds, pitches, the split) follows it
-    questions_per_voice: int = 4  # distinct questions each (accent, variant) voice speaks
+    questions_per_voice: int = 12  # distinct questions each (accent, variant) voice speaks
     dev_variants: int = 8  # variants held out entirely for dev (all their accents)
     dev_combo_fraction: float = 0.05  # share of train-voice utterances moved to dev as unseen (question, voice) pairs
     languages: tuple[str, ...] = LANGUAGES  # English accents combined with each variant
