@@ -32,12 +32,16 @@ class ObjectiveConfig:
     normalize: str = "token"  # "token": sum / target tokens in the batch; "sequence": per-sequence mean, then batch mean
     logits_on: str = "masked"  # "masked" (head only where needed) | "all" (whole canvas; for benchmarks/reference only)
     mode: str = "diffusion"  # "diffusion" | "autoregressive" (shifted next-token CE on the targets; needs attention.name=causal)
+    time_sampling: str = "uniform"  # "uniform": t i.i.d. per sequence | "stratified": one t per stratum of each micro-batch (same law, lower variance)
+    weighting: str = "elbo"  # "elbo": CE / p_mask (LLaDA's bound) | "none": plain CE at masked positions (MaskGIT-style, lower variance)
 
 
 SECTION_SCHEMAS["objective"] = ObjectiveConfig
 
 NORMALIZE_CHOICES = ("token", "sequence")
 LOGITS_ON_CHOICES = ("masked", "all")
+TIME_SAMPLING_CHOICES = ("uniform", "stratified")
+WEIGHTING_CHOICES = ("elbo", "none")
 MODE_CHOICES = ("diffusion", "autoregressive")
 
 
@@ -80,9 +84,14 @@ def masked_cross_entropy(
     attention_mask: torch.Tensor | None = None,  # [B, 1, L, L] bool
     normalize: str = "token",
     logits_on: str = "masked",
+    weighting: str = "elbo",
 ) -> torch.Tensor:
-    """The weighted CE of the masked positions, normalised; a scalar."""
+    """The weighted CE of the masked positions, normalised; a scalar.
+
+    weighting="elbo" divides each CE by its mask probability (the ELBO); "none" keeps plain CE."""
     _check_loss_options(normalize, logits_on)
+    if weighting not in WEIGHTING_CHOICES:
+        raise ConfigError(f"objective.weighting: {weighting!r}; valid: {', '.join(WEIGHTING_CHOICES)}")
     noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)  # [B, L]
     hidden = backbone.hidden_states(noisy, attention_mask)  # [B, L, D]
     if logits_on == "masked":
@@ -90,7 +99,7 @@ def masked_cross_entropy(
     else:
         logits = backbone.logits(hidden)[masked]  # [B, L, V] -> [N, V]
     ce = F.cross_entropy(logits.float(), ids[masked], reduction="none")  # [N]
-    weighted = ce / p_mask[masked].to(ce.dtype)  # [N]
+    weighted = ce / p_mask[masked].to(ce.dtype) if weighting == "elbo" else ce  # [N]
     return _normalised(weighted, masked, target, normalize)
 
 
@@ -100,11 +109,20 @@ class MaskedDiffusionObjective:
     def __init__(self, config: ObjectiveConfig, scheduler: MaskScheduler, noiser: Noiser, mask_id: int) -> None:
         if not 0.0 < float(config.eps) < 1.0:
             raise ConfigError(f"objective.eps: expected a value in (0, 1), got {config.eps}")
+        if config.time_sampling not in TIME_SAMPLING_CHOICES:
+            raise ConfigError(f"objective.time_sampling: {config.time_sampling!r}; valid: {', '.join(TIME_SAMPLING_CHOICES)}")
+        if config.weighting not in WEIGHTING_CHOICES:
+            raise ConfigError(f"objective.weighting: {config.weighting!r}; valid: {', '.join(WEIGHTING_CHOICES)}")
         self.config, self.scheduler, self.noiser, self.mask_id = config, scheduler, noiser, mask_id
 
     def sample_time(self, batch_size: int, generator: torch.Generator | None = None, device: Any = "cpu") -> torch.Tensor:
+        """``[B]`` times in [eps, 1). "stratified": row i gets one draw in [i/B, (i+1)/B), then the
+        rows are shuffled: each t is still U(eps, 1), but a batch covers the range evenly."""
         eps = float(self.config.eps)
         u = torch.rand(batch_size, generator=generator)  # [B]
+        if self.config.time_sampling == "stratified":
+            strata = torch.randperm(batch_size, generator=generator)  # [B]
+            u = (strata + u) / batch_size
         return (eps + (1.0 - eps) * u).to(device)
 
     def __call__(
@@ -120,7 +138,7 @@ class MaskedDiffusionObjective:
         masked = masked.to(ids.device) & target
         loss = masked_cross_entropy(
             backbone, ids, masked, p_mask.to(ids.device), target, self.mask_id, attention_mask,
-            normalize=self.config.normalize, logits_on=self.config.logits_on,
+            normalize=self.config.normalize, logits_on=self.config.logits_on, weighting=self.config.weighting,
         )
         return LossOutput(loss=loss, num_masked=int(masked.sum()), num_target=int(target.sum()))
 

@@ -175,3 +175,45 @@ def test_selective_masking_never_touches_conditions():
         assert torch.equal(model.seen[keep], batch["ids"][keep])
         assert not (masked & batch["condition"]).any()
     assert torch.equal(touched, batch["target"] & batch["valid"])  # every target was masked at some point
+
+
+def test_stratified_times_cover_every_stratum_and_stay_in_range():
+    obj = MaskedDiffusionObjective(
+        ObjectiveConfig(eps=1e-3, time_sampling="stratified"),
+        build_component("schedulers", "linear"), build_component("noisers", "iid"), MASK,
+    )
+    for seed in range(5):
+        t = obj.sample_time(8, torch.Generator().manual_seed(seed))  # [8]
+        assert bool(((t >= 1e-3) & (t < 1.0)).all())
+        strata = torch.sort(((t - 1e-3) / (1 - 1e-3) * 8).floor().long()).values
+        assert strata.tolist() == list(range(8))  # one time per eighth of the range
+    # the order is shuffled: stratum i is not always row i
+    orders = {tuple(obj.sample_time(8, torch.Generator().manual_seed(s)).argsort().tolist()) for s in range(5)}
+    assert len(orders) > 1
+
+
+def test_weighting_none_is_plain_masked_cross_entropy():
+    model = TinyEncoder()
+    ids = torch.randint(0, 50, (3, 12), generator=torch.Generator().manual_seed(3))
+    target = torch.ones_like(ids, dtype=torch.bool)
+    plain = MaskedDiffusionObjective(
+        ObjectiveConfig(eps=1e-3, weighting="none"), build_component("schedulers", "linear"), build_component("noisers", "iid"), MASK
+    )
+    out = plain(model, text_batch(ids, target), torch.Generator().manual_seed(0))
+    # redo the same noise draw by hand: same generator order as the objective (t, then the mask)
+    g = torch.Generator().manual_seed(0)
+    t = 1e-3 + (1 - 1e-3) * torch.rand(3, generator=g)
+    masked = torch.rand(3, 12, generator=g) < t[:, None]
+    logits = model.head(model.hidden_states(torch.where(masked, MASK, ids)))[masked]
+    expected = F.cross_entropy(logits, ids[masked], reduction="sum") / ids.numel()
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("key,value", [("time_sampling", "sobol"), ("weighting", "inverse")])
+def test_unknown_objective_options_name_the_key_and_choices(key, value):
+    from diffuspeech.compose import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"objective\.{key}: '{value}'; valid: "):
+        MaskedDiffusionObjective(
+            ObjectiveConfig(**{key: value}), build_component("schedulers", "linear"), build_component("noisers", "iid"), MASK
+        )
