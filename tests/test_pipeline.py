@@ -6,6 +6,7 @@ the JSON contract of the CLI, and clear errors for bad input files.
 """
 
 import json
+from pathlib import Path
 import math
 
 import numpy as np
@@ -112,3 +113,15 @@ def test_generate_cli_errors(model_dir, tmp_path, capsys):
     assert "takes speech input" in capsys.readouterr().err
     assert main(["generate", "--task", "nope", "--model", str(model_dir), "x.wav"]) == 2
     assert "unknown task 'nope'; this model's tasks: s2s, tts" in capsys.readouterr().err
+
+
+def test_generate_keeps_one_wav_per_input_when_names_collide(model_dir, tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    a, b = tone(tmp_path / "x" / "q.wav"), tone(tmp_path / "y" / "q.wav", seconds=0.5)
+    out = tmp_path / "out"
+    assert main(["generate", "--task", "s2s", "--model", str(model_dir), "--out-dir", str(out), "--batch-size", "1", str(a), str(b)]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    paths = [x["audio"] for x in lines]
+    assert [x["input"] for x in lines] == [str(a), str(b)]
+    assert paths == [str(out / "q.wav"), str(out / "q-2.wav")] and all(Path(p).is_file() for p in paths)

@@ -58,6 +58,17 @@ def _first_target(task, modality: str, skip: tuple[str, ...] = ()) -> str | None
     return None
 
 
+def unique_stem(stem: str, used: set[str]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3`` ... when inputs from different folders share a name
+    (a/q.wav and b/q.wav must not overwrite each other's answer); records the result in ``used``."""
+    name, k = stem, 1
+    while name in used:
+        k += 1
+        name = f"{stem}-{k}"
+    used.add(name)
+    return name
+
+
 def run(args) -> int:
     overrides = [o for o in args.inputs if "=" in o and not Path(o).exists()] + list(args.overrides)
     inputs = [i for i in args.inputs if i not in overrides]
@@ -92,6 +103,7 @@ def run(args) -> int:
         if v is not None
     }
     failures = 0
+    used_stems: set[str] = set()
     for start in range(0, len(items), max(1, args.batch_size)):
         chunk = items[start : start + args.batch_size]
         records: dict[int, dict] = {}
@@ -107,7 +119,7 @@ def run(args) -> int:
             record = {"input": label, "thinking": out.fields.get("thinking"), "text": out.fields.get(text_field) if text_field else None, "audio": None}
             if speech_field and speech_field in out.audio:
                 # always one wav per input (empty when the model produced no units; see "warnings")
-                stem = Path(label).stem if speech_in else f"{args.task}_{start + n:04d}"
+                stem = unique_stem(Path(label).stem if speech_in else f"{args.task}_{start + n:04d}", used_stems)
                 wav_path = out_dir / f"{stem}.wav"
                 wav = out.audio[speech_field]
                 if not wav.numel():
