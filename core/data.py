@@ -287,6 +287,7 @@ def load_examples(
     split: Optional[str] = None,  # keep rows whose "split" equals this (rows without one count as `default_split`)
     default_split: Optional[str] = None,
     only_tasks: Optional[set[str]] = None,  # lay out only these tasks
+    progress: bool = False,  # a tqdm bar over the manifest's rows (audio fields are encoded here)
 ) -> ExampleSet:
     """Read a manifest; apply ``data.on_bad_row`` to every bad (row, task)."""
     check_data_config(config)
@@ -304,7 +305,14 @@ def load_examples(
             raise DataError(f"{message}\n  fix the row, or set data.on_bad_row=skip to drop bad rows (they are counted and reported)")
         report.add(err.reason, message)
 
-    for line, row in read_manifest(manifest):
+    rows = read_manifest(manifest)
+    if progress:
+        from tqdm.auto import tqdm
+
+        with open(manifest, encoding="utf-8") as f:
+            total = sum(1 for _ in f)
+        rows = tqdm(rows, total=total, desc=f"loading {Path(manifest).name}" + (f" ({split})" if split else ""), unit="row")
+    for line, row in rows:
         if isinstance(row, BadRow):
             report.total += 1
             bad(line, "?", None, row)

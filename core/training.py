@@ -211,7 +211,10 @@ class Trainer:
             used |= set(s.mixture) if s.mixture else set(model.tasks)
         manifest = self._path(self.dc.manifest)
         speech = speech_resolver(self.dc, self.base_dir, manifest, model.tokenizer, model.vocab.num_units)
-        common = dict(tasks=model.tasks, vocab=model.vocab, speech=speech, config=self.dc, max_length=max_length, only_tasks=used)
+        common = dict(
+            tasks=model.tasks, vocab=model.vocab, speech=speech, config=self.dc, max_length=max_length, only_tasks=used,
+            progress=self.info.is_main and self.tc.progress,
+        )
         train = load_examples(manifest, split=self.dc.train_split, default_split=self.dc.train_split, **common)
         if self.dc.dev_manifest:
             dev = load_examples(self._path(self.dc.dev_manifest), **common)
