@@ -2,8 +2,11 @@
 
 Each unit id is replaced by its k-means centroid (a mean log-mel frame), the frame
 sequence is optionally smoothed and interpolated to a finer hop, the mel spectrogram is
-inverted to a linear magnitude with torchaudio's ``InverseMelScale`` and the phase is
-recovered with torchaudio's (fast) ``GriffinLim``. Output length = frames * hop_length.
+inverted to a linear magnitude with torchaudio's ``InverseMelScale``, optionally sharpened
+(``magnitude_power`` > 1: the magnitude raised to a power before phase recovery, the Tacotron
+remedy for Griffin-Lim's noisy reconstruction of a smooth mel envelope) and the phase is
+recovered with fast Griffin-Lim (the iteration of torchaudio's ``griffinlim``, with a choice of
+initial phase law). Output length = frames * hop_length.
 
 The centroids file is the one the ``mel_kmeans`` tokenizer writes: safetensors with a
 float32 tensor ``centroids [K, n_mels]`` (raw log-mel space) and string metadata
@@ -81,6 +84,8 @@ class GriffinLimVocoder(Vocoder):
         smooth_frames: int = 3  # odd moving-average window over unit frames (log-mel); 1 = no smoothing
         upsample: int = 4  # interpolate frames this many times finer; Griffin-Lim runs at hop_length / upsample
         random_phase: bool = True  # random initial phase (seeded below) instead of zero phase
+        phase_init: str = "torchaudio"  # random phase law: "torchaudio" (its rand_init: phases in [0, pi/2]) | "uniform" ([0, 2 pi))
+        magnitude_power: float = 1.0  # linear magnitude ** this before Griffin-Lim; > 1 sharpens (1.3 for the toy task); 1 = off
         seed: int = 0  # seed of the initial phase: the same units always give the same audio
         peak: float = 0.0  # rescale each row so its peak amplitude is this; 0 = keep the reconstructed level
         device: str = "cpu"  # torch device for the reconstruction
@@ -96,6 +101,10 @@ class GriffinLimVocoder(Vocoder):
             raise ValueError(f"vocoder.smooth_frames must be an odd number >= 1, got {cfg.smooth_frames}")
         if not 0.0 <= cfg.momentum < 1.0:
             raise ValueError(f"vocoder.momentum must be in [0, 1), got {cfg.momentum}")
+        if cfg.phase_init not in ("torchaudio", "uniform"):
+            raise ValueError(f"vocoder.phase_init must be 'torchaudio' or 'uniform', got {cfg.phase_init!r}")
+        if not cfg.magnitude_power > 0:
+            raise ValueError(f"vocoder.magnitude_power must be > 0, got {cfg.magnitude_power}")
         if cfg.n_iter < 1:
             raise ValueError(f"vocoder.n_iter must be >= 1, got {cfg.n_iter}")
         centroids, mel = load_mel_centroids(cfg.path)
@@ -122,15 +131,7 @@ class GriffinLimVocoder(Vocoder):
             norm=None,  # must match diffuspeech.mel.mel_transform (torchaudio defaults)
             mel_scale="htk",
         ).to(self.device)
-        self.griffin_lim = torchaudio.transforms.GriffinLim(
-            n_fft=mel.n_fft,
-            n_iter=cfg.n_iter,
-            win_length=mel.win_length,
-            hop_length=mel.hop_length // cfg.upsample,
-            power=1.0,  # the mel transform is a magnitude (power=1) spectrogram
-            momentum=cfg.momentum,
-            rand_init=cfg.random_phase,
-        ).to(self.device)
+        self.window = torch.hann_window(mel.win_length, device=self.device)  # torchaudio's GriffinLim window
 
     def check_compatible(self, tokenizer) -> None:
         check_compatible(self, tokenizer)
@@ -150,6 +151,35 @@ class GriffinLimVocoder(Vocoder):
         w = (pos - lo.float()).clamp(0.0, 1.0)[:, None]  # [T*r+1, 1]
         return frames[lo] * (1.0 - w) + frames[hi] * w  # [T*r+1, n_mels]
 
+    def initial_phase(self, shape: torch.Size) -> torch.Tensor:
+        """Seeded initial phase ``[n_stft, F]`` complex (not necessarily unit modulus)."""
+        cfg = self.config
+        if not cfg.random_phase:
+            return torch.ones(shape, dtype=torch.complex64, device=self.device)
+        with torch.random.fork_rng(devices=self._rng_devices):
+            torch.manual_seed(cfg.seed)
+            if cfg.phase_init == "uniform":
+                return torch.polar(torch.ones(shape, device=self.device), 2 * torch.pi * torch.rand(shape, device=self.device))
+            # torchaudio's rand_init: real and imaginary parts uniform in [0, 1)
+            return torch.rand(shape, dtype=torch.complex64, device=self.device)
+
+    def griffin_lim(self, magnitude: torch.Tensor, length: int) -> torch.Tensor:
+        """Fast Griffin-Lim (Perraudin et al. 2013), the iteration of ``torchaudio.functional.griffinlim``:
+        ``[n_stft, F]`` magnitude -> ``[length]`` waveform."""
+        cfg, mel = self.config, self.mel
+        stft = dict(n_fft=mel.n_fft, hop_length=mel.hop_length // cfg.upsample, win_length=mel.win_length, window=self.window)
+        momentum = cfg.momentum / (1 + cfg.momentum)
+        angles = self.initial_phase(magnitude.shape)
+        previous = None
+        for _ in range(cfg.n_iter):
+            inverse = torch.istft(magnitude * angles, length=length, **stft)
+            rebuilt = torch.stft(inverse, center=True, pad_mode="reflect", normalized=False, onesided=True,
+                                 return_complex=True, **stft)
+            angles = rebuilt if previous is None or not momentum else rebuilt - previous * momentum
+            angles = angles / (angles.abs() + 1e-16)
+            previous = rebuilt
+        return torch.istft(magnitude * angles, length=length, **stft)
+
     @torch.no_grad()
     def decode(
         self,
@@ -164,10 +194,9 @@ class GriffinLimVocoder(Vocoder):
             n = int(sample_lengths[b])
             log_mel = self.log_mel_frames(units[b, : int(lengths[b])])  # [F, n_mels]
             magnitude = self.inverse_mel(log_mel.exp().T)  # [n_stft, F] linear magnitude
-            self.griffin_lim.length = n
-            with torch.random.fork_rng(devices=self._rng_devices):
-                torch.manual_seed(self.config.seed)
-                wav = self.griffin_lim(magnitude)  # [n]
+            if self.config.magnitude_power != 1.0:
+                magnitude = magnitude.pow(self.config.magnitude_power)
+            wav = self.griffin_lim(magnitude, n)  # [n]
             if self.config.peak > 0:
                 wav = wav * (self.config.peak / wav.abs().max().clamp_min(1e-8))
             out[b, :n] = wav
