@@ -5,6 +5,8 @@ Stages (each through the framework's own plugins and commands):
 1. text tokenizer: a word-level ``tokenizers`` model over the corpus words;
 2. speech units: log-mel k-means (``mel_kmeans``) fitted on question audio of the training
    voices, plus every log-mel frame of the 21 assistant-voice answers as units of their own.
+   Questions are read onto the k-means units only (``tokenizer.assign_units``); the answer
+   frames are output-only units: the answers' units are written inline into the manifest;
    The spoken channel's ceiling is set by tokenizer + vocoder (DESIGN section 7): units that
    keep the assistant's frames exactly let the ``griffinlim`` vocoder resynthesise the answers
    near the ground-truth ceiling, which step 3 measures;
@@ -100,7 +102,7 @@ def resynthesis_ceiling(model_cfg: dict, rows: list[dict], data_dir: Path) -> di
     from ..compose import build_component
     from ..judge import get_judge
 
-    tok = build_component("tokenizers", model_cfg["tokenizer"], "tokenizer")
+    tok = output_tokenizer(model_cfg["tokenizer"])
     voc = build_component("vocoders", model_cfg["vocoder"], "vocoder")
     judge = get_judge()
     answers = sorted({(r["answer_audio"], r["answer_words"]) for r in rows})
@@ -117,8 +119,19 @@ def resynthesis_ceiling(model_cfg: dict, rows: list[dict], data_dir: Path) -> di
     return {"answers": n, "ground_truth_ceiling": gt / n, "resynthesis_ceiling": resyn / n, "resynthesis_misses": misses}
 
 
-def training_manifest(rows: list[dict], data_dir: Path, path: Path) -> Path:
-    """The corpus rows as trainer rows: speech fields point at the audio files."""
+def output_tokenizer(tokenizer_cfg: dict):
+    """The recipe's tokenizer with ``assign_units`` lifted: it reads the assistant's answers onto
+    their own exact-frame units (the targets the model learns to speak and the vocoder renders),
+    while the model's tokenizer reads questions onto the k-means units only."""
+    from ..compose import build_component
+
+    return build_component("tokenizers", tokenizer_cfg, "tokenizer").with_all_units()
+
+
+def training_manifest(rows: list[dict], data_dir: Path, path: Path, answer_units: dict[str, list[int]]) -> Path:
+    """The corpus rows as trainer rows: questions point at their audio files (encoded by the
+    model's tokenizer at load time); answers carry their units inline (``answer_units``: audio
+    path -> units from :func:`output_tokenizer`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
@@ -131,7 +144,7 @@ def training_manifest(rows: list[dict], data_dir: Path, path: Path) -> Path:
                 "answer_text": r["answer_text"],
                 "answer_words": r["answer_words"],
                 "question_speech": {"audio": str((data_dir / r["question_audio"]).resolve())},
-                "answer_speech": {"audio": str((data_dir / r["answer_audio"]).resolve())},
+                "answer_speech": {"units": answer_units[r["answer_audio"]]},
             }
             f.write(json.dumps(row) + "\n")
     return path
@@ -159,14 +172,22 @@ def run(cfg: ArithTrainConfig) -> dict[str, Any]:
         units_path, report["units"] = fit_units(train_rows, data_dir, units_path, cfg.question_units, cfg.max_fit_frames, cfg.seed)
     from ..plugins.tokenizers.quantizers import load_centroids
 
-    num_units = int(load_centroids(units_path)[0].shape[0])
-    manifest = training_manifest(train_rows + dev_rows, data_dir, art / "manifest.jsonl")
+    centroids, units_meta, _ = load_centroids(units_path)
+    num_units, question_units = int(centroids.shape[0]), int(units_meta["question_units"])
+    tokenizer_cfg = {**OmegaConf.to_container(OmegaConf.load(TEMPLATE).tokenizer), "path": str(units_path.resolve())}
+    tokenizer_cfg = {**tokenizer_cfg, "assign_units": question_units}
+    answers = output_tokenizer(tokenizer_cfg)
+    answer_units = {
+        p: answers.encode_one(load_audio(data_dir / p, answers.sample_rate)).tolist()
+        for p in sorted({r["answer_audio"] for r in train_rows + dev_rows})
+    }
+    manifest = training_manifest(train_rows + dev_rows, data_dir, art / "manifest.jsonl", answer_units)
 
     base = OmegaConf.load(TEMPLATE)
     fills = OmegaConf.create(
         {
             "vocab": {"text_tokenizer": str(tok_path.resolve()), "num_units": num_units},
-            "tokenizer": {"path": str(units_path.resolve())},
+            "tokenizer": {"path": str(units_path.resolve()), "assign_units": question_units},
             "vocoder": {"path": str(units_path.resolve())},
             "data": {"manifest": str(manifest.resolve())},
             "train": {"seed": cfg.seed},

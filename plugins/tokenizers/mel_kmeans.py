@@ -6,6 +6,9 @@ A light baseline that is fitted in seconds on CPU. Its centroids file is shared 
     centroids  float32 [K, n_mels]   raw log-mel space (diffuspeech.mel.log_mel)
     metadata   kind="mel_kmeans", num_units=str(K), mel_config=MelConfig.to_json()
     optional   feature_mean / feature_std [n_mels]: assignment in standardised space
+
+``assign_units: N`` quantises onto centroids ``[0, N)`` only; ids ``>= N`` are then output-only
+units (a model can generate them and the vocoder render them, but no input is read as them).
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ class MelKMeansTokenizer(FeatureTokenizer):
         mel: MelConfig = field(default_factory=MelConfig)  # used when fitting; a centroids file brings its own
         dedup: bool = False  # merge repeated units (durations via encode_with_durations)
         device: str = "cpu"  # where features and assignment run ("cpu", "cuda", "cuda:1", ...)
+        # Quantise frames onto the first N centroids only; None = all. The rest are output-only
+        # units (the arith recipe keeps the assistant's exact answer frames there for the vocoder,
+        # so a question voice that resembles the assistant is not read as answer frames).
+        assign_units: Optional[int] = None
 
     def __init__(self, config: Optional[MelKMeansTokenizer.Config] = None) -> None:
         super().__init__(config)
@@ -63,7 +70,16 @@ class MelKMeansTokenizer(FeatureTokenizer):
             if quantizer.dim != file_mel.n_mels:
                 raise QuantizerError(f"{cfg.path}: centroids have {quantizer.dim} dims but mel_config.n_mels={file_mel.n_mels}")
             self.mel_config = file_mel
+            if cfg.assign_units is not None:
+                if not 1 <= cfg.assign_units <= quantizer.num_units:
+                    raise QuantizerError(
+                        f"tokenizer.assign_units={cfg.assign_units}: {cfg.path} has {quantizer.num_units} centroids; "
+                        f"use a value in [1, {quantizer.num_units}] or null (all)"
+                    )
+                quantizer.assignable = int(cfg.assign_units)
             self.quantizer = quantizer.to(self.device)
+        elif cfg.assign_units is not None:
+            raise QuantizerError("tokenizer.assign_units needs tokenizer.path (a centroids file to assign to)")
         self.sample_rate = self.mel_config.sample_rate
         self.frame_rate = self.mel_config.frame_rate
         self.num_units = self.quantizer.num_units if self.quantizer is not None else 0
@@ -86,6 +102,17 @@ class MelKMeansTokenizer(FeatureTokenizer):
             frames = log_mel(row, self.mel_config, self._transform)[: int(frame_lengths[i])]  # [T_i, n_mels]
             out[i, : frames.shape[0]] = frames
         return out, frame_lengths
+
+    def with_all_units(self) -> "MelKMeansTokenizer":
+        """A copy that quantises onto every centroid (``assign_units`` lifted): how output-only
+        units are produced from audio, e.g. the arith recipe's answer targets and its resynthesis ceiling."""
+        import copy
+
+        clone = copy.copy(self)
+        if self.quantizer is not None:
+            clone.quantizer = copy.copy(self.quantizer)
+            clone.quantizer.assignable = self.quantizer.num_units
+        return clone
 
     def centroids_metadata(self) -> dict[str, str]:
         return {"mel_config": self.mel_config.to_json(), "tokenizer": "mel_kmeans"}

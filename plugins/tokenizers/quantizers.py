@@ -112,6 +112,7 @@ class KMeansQuantizer(nn.Module):
         self.register_buffer("std", std)  # [D]
         self.register_buffer("scaled", (centroids.float() - mean) / std)  # [K, D]
         self.metadata = dict(metadata or {})
+        self.assignable = int(centroids.shape[0])  # frames are quantised onto centroids [0, assignable)
 
     @property
     def num_units(self) -> int:
@@ -133,7 +134,7 @@ class KMeansQuantizer(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``[..., D]`` -> ``[...]`` long unit ids."""
         x = (features.to(self.scaled.dtype) - self.mean) / self.std  # [..., D]
-        return nearest_centroid(x, self.scaled)
+        return nearest_centroid(x, self.scaled[: self.assignable])
 
 
 def _replace_blanks(codes: torch.Tensor, logits: torch.Tensor, blank: int) -> torch.Tensor:
