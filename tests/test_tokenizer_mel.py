@@ -126,3 +126,27 @@ def test_errors_name_the_file_and_the_fix(tmp_path, centroids_file):
         MelKMeansTokenizer(MelKMeansTokenizer.Config(path=str(centroids_file), mel=MelConfig(n_mels=40)))
     with pytest.raises(ValueError, match="row 0: contains NaN"):
         MelKMeansTokenizer(MelKMeansTokenizer.Config(path=str(centroids_file))).encode(torch.full((1, 900), float("inf")))
+
+
+def test_assign_units_keeps_the_tail_of_the_codebook_output_only(tmp_path, corpus):
+    """Questions read onto the first N centroids; exact answer frames appended after them stay
+    output-only, and ``with_all_units`` reads the answer back onto its own frames."""
+    base = MelKMeansTokenizer()
+    question = base.features(corpus["what is three plus four"][None])[0][0]  # [T, 80]
+    answer = base.features(corpus["seven"][None])[0][0]  # [M, 80]
+    kmeans = fit_kmeans(question, 8, seed=0).centroids  # [8, 80]
+    path = tmp_path / "split.safetensors"
+    save_centroids(path, torch.cat([kmeans, answer]), "mel_kmeans", {"mel_config": MelConfig().to_json()})
+
+    full = build_component("tokenizers", {"name": "mel_kmeans", "path": str(path)}, "tokenizer")
+    split = build_component("tokenizers", {"name": "mel_kmeans", "path": str(path), "assign_units": 8}, "tokenizer")
+    assert split.num_units == full.num_units == 8 + answer.shape[0]
+    seven = corpus["seven"]
+    assert full.encode_one(seven).tolist() == list(range(8, 8 + answer.shape[0]))  # its own frames, exactly
+    assert int(split.encode_one(seven).max()) < 8  # never read as answer frames
+    assert split.with_all_units().encode_one(seven).tolist() == full.encode_one(seven).tolist()
+    assert int(split.encode_one(seven).max()) < 8  # the copy did not change the original
+    with pytest.raises(QuantizerError, match=r"tokenizer.assign_units=99: .* has \d+ centroids; use a value in \[1, \d+\]"):
+        build_component("tokenizers", {"name": "mel_kmeans", "path": str(path), "assign_units": 99}, "tokenizer")
+    with pytest.raises(QuantizerError, match="assign_units needs tokenizer.path"):
+        build_component("tokenizers", {"name": "mel_kmeans", "assign_units": 4}, "tokenizer")
