@@ -125,3 +125,18 @@ def test_generate_keeps_one_wav_per_input_when_names_collide(model_dir, tmp_path
     paths = [x["audio"] for x in lines]
     assert [x["input"] for x in lines] == [str(a), str(b)]
     assert paths == [str(out / "q.wav"), str(out / "q-2.wav")] and all(Path(p).is_file() for p in paths)
+
+
+def test_generate_answers_silent_noisy_and_too_long_questions_with_warnings(model_dir, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    silent, noise, long = tmp_path / "silent.wav", tmp_path / "noise.wav", tmp_path / "long.wav"
+    sf.write(silent, np.zeros(16000, np.float32), 16000)
+    sf.write(noise, (0.3 * rng.standard_normal(16000)).astype(np.float32), 16000)
+    sf.write(long, (0.1 * rng.standard_normal(16000 * 8)).astype(np.float32), 16000)  # 200 units > max_len 100
+    out = tmp_path / "out"
+    assert main(["generate", "--task", "s2s", "--model", str(model_dir), "--out-dir", str(out), str(silent), str(noise), str(long)]) == 0
+    recs = {Path(x["input"]).stem: x for x in map(json.loads, capsys.readouterr().out.strip().splitlines())}
+    assert set(recs) == {"silent", "noise", "long"} and all(Path(r["audio"]).is_file() for r in recs.values())
+    assert any("the audio is silent" in w for w in recs["silent"]["warnings"])
+    assert any("201 units is over the 100 the model was trained on; keeping the first 100" in w for w in recs["long"]["warnings"])
+    assert "warnings" not in recs["noise"] or not any("silent" in w for w in recs["noise"]["warnings"])
