@@ -40,20 +40,20 @@ def test_model_is_shipped_with_provenance():
     assert sum(p.numel() for p in model.backbone.parameters()) > 1_000_000
 
 
-def test_hears_unseen_voices_and_thinks_in_the_trace_format(dev_questions):
-    import re
-
+def test_hears_unseen_voices_thinks_and_answers(dev_questions):
     import jiwer
 
     pipe = Pipeline(SpeechDiffusionModel.load(default_model_dir()))
     inputs = [{"question_speech": wav} for _, wav in dev_questions]
     asr = pipe.run_batch("asr", inputs)
     wer = jiwer.wer([q.text for q, _ in dev_questions], [o.fields["question_text"] or "<empty>" for o in asr])
-    assert wer < 0.5, f"question ASR WER {wer:.2f} on voices never seen in training"  # measured 0.24 on 160 dev rows
+    assert wer < 0.15, f"question ASR WER {wer:.2f} on voices never seen in training"  # 0.022 on the 1,105 dev rows
     s2s = pipe.run_batch("s2s", inputs)
-    traces = sum(bool(re.fullmatch(r"\d+ [+-] \d+ = \d+", o.fields["thinking"])) for o in s2s)
-    assert traces >= 0.75 * N_QUESTIONS, f"only {traces}/{N_QUESTIONS} thinking traces read 'A op B = C'"
-    assert all(o.audio["answer_speech"].numel() > 0 for o in s2s)
+    thought = sum(o.fields["thinking"] == q.thinking for (q, _), o in zip(dev_questions, s2s))
+    assert thought >= 11, f"only {thought}/{N_QUESTIONS} thinking traces are exactly 'A op B = C'"  # 0.855 on dev
+    judge = get_judge()
+    spoken = sum(judge(o.audio["answer_speech"], o.sample_rate) == number_to_words(q.answer) for (q, _), o in zip(dev_questions, s2s))
+    assert spoken >= 11, f"the judge heard the right answer in {spoken}/{N_QUESTIONS} spoken answers"  # 0.871 on dev
 
 
 def test_speaks_the_answers_it_is_asked_to_say():
@@ -62,7 +62,7 @@ def test_speaks_the_answers_it_is_asked_to_say():
     outs = pipe.run_batch("tts", [{"answer_words": w} for w in words])
     judge = get_judge()
     heard = sum(judge(o.audio["answer_speech"], o.sample_rate) == w for w, o in zip(words, outs))
-    assert heard >= 17, f"the judge understood {heard}/21 spoken answers"  # measured 20/21 (ceiling 20/21)
+    assert heard >= 20, f"the judge understood {heard}/21 spoken answers"  # measured 21/21 (ceiling 21/21)
 
 
 def test_demo_runs(tmp_path, capsys):
