@@ -26,17 +26,13 @@ evaluate() {  # name, model dir, overrides...
 }
 
 # 1. trained variants (same size, same steps)
-if [ "${PARALLEL:-0}" = 1 ]; then
-  export OMP_NUM_THREADS=1
-  train diffusion > "$out/diffusion.log" 2>&1 &
-  train nothink "$NOTHINK_S2S" "$NOTHINK_S2T" "$NOTHINK_T2T" "$NOTHINK_LM" > "$out/nothink.log" 2>&1 &
-  train ar attention.name=causal objective.mode=autoregressive generation.mode=autoregressive > "$out/ar.log" 2>&1 &
-  wait
-else
-  train diffusion
-  train nothink "$NOTHINK_S2S" "$NOTHINK_S2T" "$NOTHINK_T2T" "$NOTHINK_LM"
-  train ar attention.name=causal objective.mode=autoregressive generation.mode=autoregressive
-fi
+launch() {  # name, overrides...: in the background with one thread when PARALLEL=1
+  if [ "${PARALLEL:-0}" = 1 ]; then OMP_NUM_THREADS=1 train "$@" > "$out/$1.log" 2>&1 & else train "$@"; fi
+}
+launch diffusion
+launch nothink "$NOTHINK_S2S" "$NOTHINK_S2T" "$NOTHINK_T2T" "$NOTHINK_LM"
+launch ar attention.name=causal objective.mode=autoregressive generation.mode=autoregressive
+wait
 evaluate diffusion "$out/diffusion/model"
 evaluate nothink "$out/nothink/model"
 evaluate ar "$out/ar/model"

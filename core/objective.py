@@ -45,11 +45,13 @@ WEIGHTING_CHOICES = ("elbo", "none")
 MODE_CHOICES = ("diffusion", "autoregressive")
 
 
-def _check_loss_options(normalize: str, logits_on: str) -> None:
+def _check_loss_options(normalize: str, logits_on: str, weighting: str = "elbo") -> None:
     if normalize not in NORMALIZE_CHOICES:
         raise ConfigError(f"objective.normalize: {normalize!r}; valid: {', '.join(NORMALIZE_CHOICES)}")
     if logits_on not in LOGITS_ON_CHOICES:
         raise ConfigError(f"objective.logits_on: {logits_on!r}; valid: {', '.join(LOGITS_ON_CHOICES)}")
+    if weighting not in WEIGHTING_CHOICES:
+        raise ConfigError(f"objective.weighting: {weighting!r}; valid: {', '.join(WEIGHTING_CHOICES)}")
 
 
 def _normalised(
@@ -89,9 +91,7 @@ def masked_cross_entropy(
     """The weighted CE of the masked positions, normalised; a scalar.
 
     weighting="elbo" divides each CE by its mask probability (the ELBO); "none" keeps plain CE."""
-    _check_loss_options(normalize, logits_on)
-    if weighting not in WEIGHTING_CHOICES:
-        raise ConfigError(f"objective.weighting: {weighting!r}; valid: {', '.join(WEIGHTING_CHOICES)}")
+    _check_loss_options(normalize, logits_on, weighting)
     noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)  # [B, L]
     hidden = backbone.hidden_states(noisy, attention_mask)  # [B, L, D]
     if logits_on == "masked":
@@ -111,8 +111,7 @@ class MaskedDiffusionObjective:
             raise ConfigError(f"objective.eps: expected a value in (0, 1), got {config.eps}")
         if config.time_sampling not in TIME_SAMPLING_CHOICES:
             raise ConfigError(f"objective.time_sampling: {config.time_sampling!r}; valid: {', '.join(TIME_SAMPLING_CHOICES)}")
-        if config.weighting not in WEIGHTING_CHOICES:
-            raise ConfigError(f"objective.weighting: {config.weighting!r}; valid: {', '.join(WEIGHTING_CHOICES)}")
+        _check_loss_options(config.normalize, config.logits_on, config.weighting)
         self.config, self.scheduler, self.noiser, self.mask_id = config, scheduler, noiser, mask_id
 
     def sample_time(self, batch_size: int, generator: torch.Generator | None = None, device: Any = "cpu") -> torch.Tensor:

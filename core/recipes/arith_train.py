@@ -174,14 +174,7 @@ def run(cfg: ArithTrainConfig) -> dict[str, Any]:
 
     centroids, units_meta, _ = load_centroids(units_path)
     num_units, question_units = int(centroids.shape[0]), int(units_meta["question_units"])
-    tokenizer_cfg = {**OmegaConf.to_container(OmegaConf.load(TEMPLATE).tokenizer), "path": str(units_path.resolve())}
-    tokenizer_cfg = {**tokenizer_cfg, "assign_units": question_units}
-    answers = output_tokenizer(tokenizer_cfg)
-    answer_units = {
-        p: answers.encode_one(load_audio(data_dir / p, answers.sample_rate)).tolist()
-        for p in sorted({r["answer_audio"] for r in train_rows + dev_rows})
-    }
-    manifest = training_manifest(train_rows + dev_rows, data_dir, art / "manifest.jsonl", answer_units)
+    manifest = art / "manifest.jsonl"
 
     base = OmegaConf.load(TEMPLATE)
     fills = OmegaConf.create(
@@ -194,6 +187,12 @@ def run(cfg: ArithTrainConfig) -> dict[str, Any]:
         }
     )
     config = apply_overrides(OmegaConf.merge(base, fills), cfg.overrides)
+    answers = output_tokenizer(OmegaConf.to_container(config.tokenizer, resolve=True))
+    answer_units = {
+        p: answers.encode_one(load_audio(data_dir / p, answers.sample_rate)).tolist()
+        for p in sorted({r["answer_audio"] for r in train_rows + dev_rows})
+    }
+    training_manifest(train_rows + dev_rows, data_dir, manifest, answer_units)
     from ..vocab import Vocab, VocabConfig
 
     vocab = Vocab(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(VocabConfig), config.vocab)))
