@@ -19,9 +19,21 @@ def corpus(tmp_path_factory):
 def test_recipe_smoke_run(corpus, tmp_path, capsys):
     run = tmp_path / "run"
     rc = main(["recipe", "arith", "train", "--data", str(corpus), "--out", str(run), "--question-units", "16", "--scale", "0.004",
-               "data.batch_size=4", "data.dev_max_examples=4"])
+               "--speed-perturb", "0.9,1.1", "data.batch_size=4", "data.dev_max_examples=4"])
     assert rc == 0
     report = json.loads((run / "recipe_report.json").read_text())
+    rows = [json.loads(line) for line in (run / "artefacts" / "manifest.jsonl").read_text().splitlines()]
+    originals = [r for r in rows if "@" not in r["id"]]
+    copies = [r for r in rows if "@" in r["id"]]
+    n_train = sum(r["split"] == "train" for r in originals)
+    assert report["speed_perturb"] == {"rates": [0.9, 1.1], "extra_rows": 2 * n_train}
+    assert len(copies) == 2 * n_train and {r["split"] for r in copies} == {"train"}  # dev questions stay as spoken
+    by_id = {r["id"]: r for r in originals}
+    for copy in copies:
+        source, rate = copy["id"].split("@")
+        assert copy["question_text"] == by_id[source]["question_text"] and rate in ("0.9", "1.1")
+        units = copy["question_speech"]["units"]
+        assert units and all(0 <= u < 16 for u in units)  # read onto the question units only
     assert report["units"]["question_units"] == 16 and report["units"]["answer_units"] > 100
     assert report["ceiling"]["ground_truth_ceiling"] == 1.0  # the judge hears the assistant voice's own audio
     assert report["ceiling"]["resynthesis_ceiling"] >= 0.8  # exact answer frames keep the spoken channel intelligible
@@ -33,3 +45,29 @@ def test_recipe_smoke_run(corpus, tmp_path, capsys):
     assert main(["generate", "--task", "s2s", "--model", str(model), "--out-dir", str(tmp_path / "gen"), str(wav)]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["input"] == str(wav) and set(line) >= {"thinking", "text", "audio"}
+
+
+def test_speed_perturbation_scales_frequency_and_tempo():
+    import torch
+
+    from diffuspeech.recipes.arith_train import speed_perturbed
+
+    sr = 16000
+    tone = torch.sin(2 * torch.pi * 440 * torch.arange(sr) / sr)  # [T] 1 s of 440 Hz
+    for rate in (0.9, 1.1):
+        out = speed_perturbed(tone, sr, rate)
+        assert abs(out.shape[0] - sr / rate) <= 2  # played faster -> shorter
+        peak_hz = torch.fft.rfft(out).abs().argmax().item() * sr / out.shape[0]
+        assert abs(peak_hz - 440 * rate) < 3  # and every frequency moves by the same factor
+    assert speed_perturbed(tone, sr, 1.0) is tone
+    with pytest.raises(ValueError, match="rates must be > 0"):
+        speed_perturbed(tone, sr, 0.0)
+
+
+def test_speed_perturb_flag_rejects_bad_rates(capsys):
+    with pytest.raises(SystemExit):
+        main(["recipe", "arith", "train", "--speed-perturb", "0.9,fast"])
+    assert "comma-separated rates" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["recipe", "arith", "train", "--speed-perturb", "0.9,-1"])
+    assert "rates must be > 0" in capsys.readouterr().err

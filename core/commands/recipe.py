@@ -107,6 +107,21 @@ def _run_arith_prepare(args) -> int:
     return 0
 
 
+def _rates(text: str) -> list[float]:
+    """``"0.9,1.1"`` -> ``[0.9, 1.1]``; ``"none"`` or ``""`` -> ``[]``."""
+    import argparse
+
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated rates such as 0.9,1.1 (or none), got {text!r}") from None
+    if any(not r > 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"rates must be > 0 (1.0 = unchanged), got {text!r}")
+    return rates
+
+
 @action("arith")
 def _arith_train(sub) -> None:
     from ..recipes.arith_train import ArithTrainConfig
@@ -122,6 +137,11 @@ def _arith_train(sub) -> None:
     p.add_argument("--data", default=d.data, help=f"corpus folder (default {d.data})")
     p.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
     p.add_argument("--question-units", type=int, default=d.question_units, help=f"k-means units for question audio (default {d.question_units})")
+    p.add_argument(
+        "--speed-perturb", type=_rates, metavar="R1,R2,...", default=d.speed_perturb,
+        help="add a copy of every training question played R times faster for each rate (tempo and formants "
+        f"move together), e.g. 0.9,1.1; 'none' for no copies (default {','.join(f'{r:g}' for r in d.speed_perturb) or 'none'})",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--scale", type=float, default=d.scale, help="multiply every stage's steps (e.g. 0.01 for a smoke run)")
     p.add_argument("--install", action="store_true", help="install the result as the package's embedded default model")
@@ -138,7 +158,7 @@ def _run_arith_train(args) -> int:
     try:
         report = run(
             ArithTrainConfig(
-                data=args.data, out=args.out, question_units=args.question_units, seed=args.seed, scale=args.scale,
+                data=args.data, out=args.out, question_units=args.question_units, speed_perturb=list(args.speed_perturb), seed=args.seed, scale=args.scale,
                 overrides=list(args.overrides), install=args.install, resume=args.resume,
             )
         )

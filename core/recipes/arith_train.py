@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchaudio
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from ..audio import load_audio
-from ..compose import apply_overrides
+from ..compose import apply_overrides, build_component
 from ..kmeans import fit_kmeans
 from ..mel import MelConfig, log_mel, mel_transform
 from ..number_words import NUMBER_WORDS
@@ -46,6 +47,7 @@ class ArithTrainConfig:
     data: str = "arith-corpus"  # folder written by `recipe arith prepare` (train.jsonl, dev.jsonl, audio/)
     out: str = "runs/arith"  # run folder
     question_units: int = 256  # k-means units fitted on question audio
+    speed_perturb: list[float] = field(default_factory=list)  # extra copies of each training question played this many times faster (Kaldi-style: tempo and formants move together), e.g. [0.9, 1.1]; [] = none
     max_fit_frames: int = 60_000  # frames sampled for k-means
     seed: int = 0
     scale: float = 1.0  # multiplies every stage's steps (0.01 for a smoke run)
@@ -128,11 +130,43 @@ def output_tokenizer(tokenizer_cfg: dict):
     return build_component("tokenizers", tokenizer_cfg, "tokenizer").with_all_units()
 
 
-def training_manifest(rows: list[dict], data_dir: Path, path: Path, answer_units: dict[str, list[int]]) -> Path:
+def speed_perturbed(waveform: torch.Tensor, sample_rate: int, rate: float) -> torch.Tensor:
+    """``[T] -> [~T / rate]``: the waveform played ``rate`` times faster (resampled, then read at the
+    original rate), so tempo and every frequency (pitch, formants) scale by ``rate`` together: a new
+    speaker-like variant of the same words (Ko et al. 2015, Kaldi's speed perturbation)."""
+    if not rate > 0:
+        raise ValueError(f"speed_perturb rates must be > 0 (e.g. 0.9 or 1.1), got {rate}")
+    if rate == 1.0:
+        return waveform
+    orig = round(sample_rate * rate)  # treat the samples as if recorded at this rate ...
+    return torchaudio.functional.resample(waveform, orig_freq=orig, new_freq=sample_rate)  # ... and bring them back
+
+
+def perturbed_question_units(rows: list[dict], data_dir: Path, tokenizer, rates: list[float], progress: bool = True) -> dict[tuple[str, float], list[int]]:
+    """(row id, rate) -> the question's units after :func:`speed_perturbed`, read by the model's own tokenizer."""
+    out: dict[tuple[str, float], list[int]] = {}
+    for r in tqdm(rows, desc="speed perturbation", unit="question", disable=not progress or not rates):
+        wav = load_audio(data_dir / r["question_audio"], tokenizer.sample_rate)  # [T]
+        for rate in rates:
+            out[(r["id"], rate)] = tokenizer.encode_one(speed_perturbed(wav, tokenizer.sample_rate, rate)).tolist()
+    return out
+
+
+def training_manifest(
+    rows: list[dict],
+    data_dir: Path,
+    path: Path,
+    answer_units: dict[str, list[int]],
+    perturbed: dict[tuple[str, float], list[int]] | None = None,
+) -> Path:
     """The corpus rows as trainer rows: questions point at their audio files (encoded by the
     model's tokenizer at load time); answers carry their units inline (``answer_units``: audio
-    path -> units from :func:`output_tokenizer`)."""
+    path -> units from :func:`output_tokenizer`). ``perturbed`` adds one more row per
+    (row id, rate) with the speed-perturbed question's units inline (id ``<id>@<rate>``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, list[tuple[float, list[int]]]] = {}
+    for (row_id, rate), units in (perturbed or {}).items():
+        extra.setdefault(row_id, []).append((rate, units))
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
             row = {
@@ -147,6 +181,8 @@ def training_manifest(rows: list[dict], data_dir: Path, path: Path, answer_units
                 "answer_speech": {"units": answer_units[r["answer_audio"]]},
             }
             f.write(json.dumps(row) + "\n")
+            for rate, units in extra.get(r["id"], []):
+                f.write(json.dumps({**row, "id": f"{r['id']}@{rate:g}", "question_speech": {"units": units}}) + "\n")
     return path
 
 
@@ -192,7 +228,12 @@ def run(cfg: ArithTrainConfig) -> dict[str, Any]:
         p: answers.encode_one(load_audio(data_dir / p, answers.sample_rate)).tolist()
         for p in sorted({r["answer_audio"] for r in train_rows + dev_rows})
     }
-    training_manifest(train_rows + dev_rows, data_dir, manifest, answer_units)
+    perturbed = None
+    if cfg.speed_perturb:
+        questions = build_component("tokenizers", OmegaConf.to_container(config.tokenizer, resolve=True), "tokenizer")
+        perturbed = perturbed_question_units(train_rows, data_dir, questions, list(cfg.speed_perturb))  # train split only: dev stays as spoken
+        report["speed_perturb"] = {"rates": list(cfg.speed_perturb), "extra_rows": len(perturbed)}
+    training_manifest(train_rows + dev_rows, data_dir, manifest, answer_units, perturbed)
     from ..vocab import Vocab, VocabConfig
 
     vocab = Vocab(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(VocabConfig), config.vocab)))
