@@ -85,6 +85,29 @@ def test_pipeline_respects_segment_vocabularies(model_dir, tmp_path):
     assert (out.trajectory[tgt & (mod == 1)] >= 4).all()
 
 
+def test_block_decoding_rounds_steps_up_to_whole_steps_per_block_for_every_task(model_dir, tmp_path, monkeypatch):
+    import diffuspeech.pipeline as pipeline_module
+
+    seen = []
+    real_generate = pipeline_module.generate
+
+    def spy(backbone, spec, options, **kw):
+        seen.append((int((spec.tokens == spec.mask_id).sum(dim=1).max()), options.steps, options.block_length))
+        return real_generate(backbone, spec, options, **kw)
+
+    monkeypatch.setattr(pipeline_module, "generate", spy)
+    pipe = Pipeline(SpeechDiffusionModel.load(model_dir))
+    q = {"question_speech": str(tone(tmp_path / "q.wav"))}
+    pipe.run("s2s", q, block_length=4, steps=7)  # one config must serve tasks of any target length
+    pipe.run("tts", {"text": "two"}, block_length=4, steps=7)
+    pipe.run("s2s", q, block_length=1, steps=1)  # strictly left to right: one step per target position
+    (n_s2s, s1, _), (n_tts, s2, _), (_, s3, b3) = seen
+    for n, steps in ((n_s2s, s1), (n_tts, s2)):
+        blocks = math.ceil(n / 4)
+        assert steps == blocks * math.ceil(7 / blocks) and steps >= 7  # whole steps per block, rounded up
+    assert (s3, b3) == (n_s2s, 1)
+
+
 def test_generate_cli_contract(model_dir, tmp_path, capsys):
     a = tone(tmp_path / "a.wav")
     b = tone(tmp_path / "b.wav", sr=8000, channels=2)
