@@ -29,7 +29,7 @@ from .model import SpeechDiffusionModel
 @dataclass
 class GenerationConfig:
     mode: str = "diffusion"  # "diffusion" | "autoregressive" (left to right, one token per pass; needs attention.name=causal)
-    steps: int = 32  # denoising steps (total over blocks; with blocks, rounded up to a multiple of the task's block count)
+    steps: int = 32  # denoising steps (total over blocks; at most one per target token; with blocks, rounded up to whole steps per block)
     block_length: Optional[int] = None  # semi-autoregressive blocks over the targets (1 = strictly left to right); None = one block
     temperature: float = 0.0  # Gumbel temperature; 0 = greedy
     cfg_scale: float = 0.0  # classifier-free guidance scale; 0 = off
@@ -184,9 +184,10 @@ class Pipeline:
             # a task with few target tokens (e.g. S2T's short answer) gets one step per token at most
             steps = max(1, min(steps, int(batch["target"].sum(dim=1).min())))
         elif isinstance(opts.block_length, int) and opts.block_length > 0:
-            # every block gets the same whole number of steps: one config serves tasks of any target length
-            num_blocks = math.ceil(int(batch["target"].sum(dim=1).max()) / opts.block_length)
-            steps = num_blocks * max(1, math.ceil(steps / max(1, num_blocks)))
+            # whole steps per block (rounded up), at most one per target token: one config serves tasks of any length
+            n_target = max(1, int(batch["target"].sum(dim=1).max()))
+            num_blocks = math.ceil(n_target / opts.block_length)
+            steps = num_blocks * max(1, min(math.ceil(steps / num_blocks), n_target // num_blocks))
         if opts.mode not in GENERATION_MODES:
             raise ConfigError(f"generation.mode: {opts.mode!r}; valid: {', '.join(GENERATION_MODES)}")
         notes: list[str] = []

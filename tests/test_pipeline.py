@@ -101,11 +101,13 @@ def test_block_decoding_rounds_steps_up_to_whole_steps_per_block_for_every_task(
     pipe.run("s2s", q, block_length=4, steps=7)  # one config must serve tasks of any target length
     pipe.run("tts", {"text": "two"}, block_length=4, steps=7)
     pipe.run("s2s", q, block_length=1, steps=1)  # strictly left to right: one step per target position
-    (n_s2s, s1, _), (n_tts, s2, _), (_, s3, b3) = seen
+    pipe.run("tts", {"text": "two"}, block_length=64, steps=100)  # one block, more steps than tokens: one per token
+    (n_s2s, s1, _), (n_tts, s2, _), (_, s3, b3), (_, s4, _) = seen
     for n, steps in ((n_s2s, s1), (n_tts, s2)):
         blocks = math.ceil(n / 4)
         assert steps == blocks * math.ceil(7 / blocks) and steps >= 7  # whole steps per block, rounded up
     assert (s3, b3) == (n_s2s, 1)
+    assert s4 == n_tts
 
 
 def test_generate_cli_contract(model_dir, tmp_path, capsys):
