@@ -138,6 +138,18 @@ def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
     return AF.resample(wav, int(orig_rate), int(new_rate))
 
 
+def speed_perturb(wav: torch.Tensor, sample_rate: int, rate: float) -> torch.Tensor:
+    """``[T] -> [~T / rate]``: the waveform played ``rate`` times as fast (resampled, then read at the
+    original rate), so tempo and every frequency (pitch, formants) scale by ``rate`` together: a new
+    speaker-like variant of the same words (Ko et al. 2015, Kaldi's speed perturbation)."""
+    if not (isinstance(rate, (int, float)) and np.isfinite(rate) and rate > 0):
+        raise AudioError(f"speed perturbation rates must be finite and > 0 (e.g. 0.9 or 1.1), got {rate!r}")
+    if rate == 1.0:
+        return wav
+    orig = round(sample_rate * rate)  # treat the samples as if recorded at this rate ...
+    return AF.resample(wav, orig, int(sample_rate))  # ... and bring them back to sample_rate
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int | None, mono: bool = True) -> torch.Tensor:
     """Read an audio file as float32 at ``sample_rate`` (None: the file's own rate).
 

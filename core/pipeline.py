@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from .audio import is_silent, load_audio
+from .audio import is_silent, load_audio, speed_perturb
 from .compose import SECTION_SCHEMAS, ConfigError, validate_settings
 from .formats import TARGET, TaskSpec, collate, layout, split_targets
 from .generation import CanvasSpec, DecodeOptions, GenerationResult, StepInfo, generate
@@ -38,6 +38,7 @@ class GenerationConfig:
     seed: Optional[int] = 0  # sampling seed (reproducible outputs)
     backend: str = "auto"  # sampling kernel: auto | triton | torch
     kv_cache: str = "none"  # approximate KV cache within blocks (Fast-dLLM): none | prefix | dual; needs block_length
+    speed_votes: list[float] = field(default_factory=list)  # decode copies of each speech condition played at these rates (e.g. [1.0, 0.9, 1.1]); the majority of the text targets wins, ties go to the first rate; [] = off
 
 
 SECTION_SCHEMAS["generation"] = GenerationConfig
@@ -57,8 +58,9 @@ class PipelineOutput:
     modality: torch.Tensor  # [L] modality codes
     target: torch.Tensor  # [L] bool
     steps: int
-    forward_passes: int
+    forward_passes: int  # with speed_votes: summed over the copies
     warnings: list[str] = field(default_factory=list)
+    agreement: Optional[float] = None  # with speed_votes: share of the copies whose text targets match the chosen one
 
 
 class Pipeline:
@@ -159,8 +161,59 @@ class Pipeline:
     ) -> list[PipelineOutput]:
         """Generate the target segments of ``task_name`` for every input dict."""
         task = self.task(task_name)
-        prepared = [self.prepare_inputs(task, x, f"input[{i}]") for i, x in enumerate(inputs)]
-        return self.run_prepared(task_name, prepared, record_trajectory=record_trajectory, progress=progress, on_step=on_step, **overrides)
+        rates = self.vote_rates(task, overrides.pop("speed_votes", self.defaults.speed_votes))
+        if not rates:
+            prepared = [self.prepare_inputs(task, x, f"input[{i}]") for i, x in enumerate(inputs)]
+            return self.run_prepared(task_name, prepared, record_trajectory=record_trajectory, progress=progress, on_step=on_step, **overrides)
+        prepared = [
+            self.prepare_inputs(task, self.speed_copy(task, x, rate, f"input[{i}]"), f"input[{i}]")
+            for i, x in enumerate(inputs)
+            for rate in rates
+        ]  # input-major: the copies of input i are rows i * len(rates) ...
+        outputs = self.run_prepared(task_name, prepared, record_trajectory=record_trajectory, progress=progress, on_step=on_step, **overrides)
+        return [self.majority(task, outputs[i * len(rates) : (i + 1) * len(rates)]) for i in range(len(inputs))]
+
+    # ------------------------------------------------------------------ speed votes
+    def vote_rates(self, task: TaskSpec, rates: Any) -> list[float]:
+        """The checked ``generation.speed_votes`` for ``task`` ([] when the task has no speech condition)."""
+        rates = list(rates or [])
+        for r in rates:
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
+                raise ConfigError(f"generation.speed_votes: rates must be finite numbers > 0 (e.g. [1.0, 0.9, 1.1]), got {rates}")
+        speech_in = any(s.role != TARGET and s.modality == SPEECH for s in task.segments)
+        return [float(r) for r in rates] if speech_in and len(rates) > 1 else []
+
+    def speed_copy(self, task: TaskSpec, inputs: dict[str, Any], rate: float, name: str) -> dict[str, Any]:
+        """``inputs`` with every speech condition played ``rate`` times as fast (:func:`speed_perturb`)."""
+        if rate == 1.0:
+            return inputs
+        tok = self.model.tokenizer
+        copy = dict(inputs)
+        for seg in task.segments:
+            if seg.role == TARGET or seg.modality != SPEECH or seg.field not in inputs:
+                continue
+            value = inputs[seg.field]
+            if tok is None or (isinstance(value, torch.Tensor) and value.dtype in (torch.long, torch.int32, torch.int16)):
+                raise ValueError(
+                    f"{name}.{seg.field}: generation.speed_votes re-reads the audio at other speeds, but this input is "
+                    "speech units (or the model has no tokenizer); pass audio, or set generation.speed_votes=[]"
+                )
+            wav = load_audio(value, tok.sample_rate) if isinstance(value, (str, Path)) else value.float().reshape(-1)
+            copy[seg.field] = speed_perturb(wav, tok.sample_rate, rate)
+        return copy
+
+    @staticmethod
+    def majority(task: TaskSpec, copies: list[PipelineOutput]) -> PipelineOutput:
+        """The copy whose text targets (e.g. thinking + answer) most copies agree on; ties: the earliest."""
+        text = [s.field for s in task.segments if s.role == TARGET and s.modality == TEXT]
+        keys = [tuple(c.fields[f] for f in text) for c in copies]
+        votes = {k: keys.count(k) for k in keys}
+        best = max(range(len(keys)), key=lambda j: (votes[keys[j]], -j))
+        return dataclasses.replace(
+            copies[best],
+            forward_passes=sum(c.forward_passes for c in copies),
+            agreement=votes[keys[best]] / len(copies),
+        )
 
     def run_prepared(
         self,

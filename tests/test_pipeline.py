@@ -18,7 +18,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from diffuspeech.cli import main
 from diffuspeech.mel import MelConfig
 from diffuspeech.model import SpeechDiffusionModel
-from diffuspeech.pipeline import Pipeline
+from diffuspeech.compose import ConfigError
+from diffuspeech.pipeline import Pipeline, PipelineOutput
 from diffuspeech.plugins.tokenizers.quantizers import save_centroids
 
 WORDS = ["[UNK]", "what", "is", "plus", "minus", "one", "two", "three", "1", "2", "3", "+", "-", "="]
@@ -165,3 +166,56 @@ def test_generate_answers_silent_noisy_and_too_long_questions_with_warnings(mode
     assert any("the audio is silent" in w for w in recs["silent"]["warnings"])
     assert any("201 units is over the 100 the model was trained on; keeping the first 100" in w for w in recs["long"]["warnings"])
     assert "warnings" not in recs["noise"] or not any("silent" in w for w in recs["noise"]["warnings"])
+
+
+def _fake_output(thinking, answer, passes=3):
+    return PipelineOutput(task="s2s", fields={"thinking": thinking, "answer_text": answer, "answer_speech": torch.zeros(0, dtype=torch.long)},
+                          audio={}, sample_rate=None, tokens=torch.zeros(1), trajectory=None, modality=torch.zeros(1),
+                          target=torch.zeros(1, dtype=torch.bool), steps=2, forward_passes=passes)
+
+
+def test_speed_votes_majority_rule(model_dir):
+    task = SpeechDiffusionModel.load(model_dir).tasks["s2s"]
+    copies = [_fake_output("1 + 2 = 4", "4"), _fake_output("1 + 2 = 3", "3"), _fake_output("1 + 2 = 3", "3")]
+    chosen = Pipeline.majority(task, copies)
+    assert chosen is not copies[1] and chosen.fields["thinking"] == "1 + 2 = 3"
+    assert chosen.forward_passes == 9 and chosen.agreement == pytest.approx(2 / 3)  # compute is summed over copies
+    tie = Pipeline.majority(task, [_fake_output("a", "1"), _fake_output("b", "2")])
+    assert tie.fields["thinking"] == "a" and tie.agreement == 0.5  # ties go to the first rate (put 1.0 first)
+    # thinking and answer vote together: same thinking with a different answer is another candidate
+    split = Pipeline.majority(task, [_fake_output("x", "1"), _fake_output("x", "2"), _fake_output("x", "2")])
+    assert split.fields["answer_text"] == "2"
+
+
+def test_speed_votes_decode_perturbed_copies(model_dir, tmp_path, monkeypatch):
+    import diffuspeech.pipeline as pipeline_module
+
+    pipe = Pipeline(SpeechDiffusionModel.load(model_dir))
+    q = {"question_speech": str(tone(tmp_path / "q.wav", seconds=1.0, sr=16000))}
+    rows = []
+    real_generate = pipeline_module.generate
+
+    def spy(backbone, spec, options, **kw):
+        rows.append(int(spec.tokens.shape[0]))
+        return real_generate(backbone, spec, options, **kw)
+
+    monkeypatch.setattr(pipeline_module, "generate", spy)
+    plain = pipe.run_batch("s2s", [q, q])
+    voted = pipe.run_batch("s2s", [q, q], speed_votes=[1.0, 0.8, 1.25])
+    assert rows == [2, 6]  # one batch: every input x every rate
+    assert len(voted) == 2 and all(v.agreement in (1 / 3, 2 / 3, 1.0) for v in voted)
+    assert all(v.forward_passes == 3 * p.forward_passes for v, p in zip(voted, plain))
+    ids = pipe.model.tokenizer.encode_one(torch.from_numpy(sf.read(q["question_speech"])[0]).float())
+    slow = pipe.speed_copy(pipe.task("s2s"), q, 0.8, "input[0]")["question_speech"]  # [~T / 0.8] waveform
+    assert abs(slow.shape[0] - 16000 / 0.8) <= 2 and len(pipe.model.tokenizer.encode_one(slow)) > len(ids)
+    assert pipe.run_batch("s2s", [q], speed_votes=[1.0])[0].agreement is None  # one rate = no voting
+    assert pipe.run_batch("tts", [{"text": "two"}], speed_votes=[1.0, 0.9])[0].agreement is None  # no speech condition
+
+
+def test_speed_votes_errors(model_dir):
+    pipe = Pipeline(SpeechDiffusionModel.load(model_dir))
+    units = {"question_speech": torch.tensor([1, 2, 3])}
+    with pytest.raises(ConfigError, match=r"generation\.speed_votes: rates must be finite numbers > 0"):
+        pipe.run_batch("s2s", [units], speed_votes=[1.0, 0.0])
+    with pytest.raises(ValueError, match=r"input\[0\]\.question_speech: generation\.speed_votes re-reads the audio"):
+        pipe.run_batch("s2s", [units], speed_votes=[1.0, 0.9])

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchaudio
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from ..audio import load_audio
+from ..audio import load_audio, speed_perturb
 from ..compose import apply_overrides, build_component
 from ..kmeans import fit_kmeans
 from ..mel import MelConfig, log_mel, mel_transform
@@ -132,25 +131,13 @@ def output_tokenizer(tokenizer_cfg: dict):
     return build_component("tokenizers", tokenizer_cfg, "tokenizer").with_all_units()
 
 
-def speed_perturbed(waveform: torch.Tensor, sample_rate: int, rate: float) -> torch.Tensor:
-    """``[T] -> [~T / rate]``: the waveform played ``rate`` times faster (resampled, then read at the
-    original rate), so tempo and every frequency (pitch, formants) scale by ``rate`` together: a new
-    speaker-like variant of the same words (Ko et al. 2015, Kaldi's speed perturbation)."""
-    if not rate > 0:
-        raise ValueError(f"speed_perturb rates must be > 0 (e.g. 0.9 or 1.1), got {rate}")
-    if rate == 1.0:
-        return waveform
-    orig = round(sample_rate * rate)  # treat the samples as if recorded at this rate ...
-    return torchaudio.functional.resample(waveform, orig_freq=orig, new_freq=sample_rate)  # ... and bring them back
-
-
 def perturbed_question_units(rows: list[dict], data_dir: Path, tokenizer, rates: list[float], progress: bool = True) -> dict[tuple[str, float], list[int]]:
-    """(row id, rate) -> the question's units after :func:`speed_perturbed`, read by the model's own tokenizer."""
+    """(row id, rate) -> the question's units after :func:`~diffuspeech.audio.speed_perturb`, read by the model's own tokenizer."""
     out: dict[tuple[str, float], list[int]] = {}
     for r in tqdm(rows, desc="speed perturbation", unit="question", disable=not progress or not rates):
         wav = load_audio(data_dir / r["question_audio"], tokenizer.sample_rate)  # [T]
         for rate in rates:
-            out[(r["id"], rate)] = tokenizer.encode_one(speed_perturbed(wav, tokenizer.sample_rate, rate)).tolist()
+            out[(r["id"], rate)] = tokenizer.encode_one(speed_perturb(wav, tokenizer.sample_rate, rate)).tolist()
     return out
 
 
