@@ -142,12 +142,15 @@ def speed_perturb(wav: torch.Tensor, sample_rate: int, rate: float) -> torch.Ten
     """``[T] -> [~T / rate]``: the waveform played ``rate`` times as fast (resampled, then read at the
     original rate), so tempo and every frequency (pitch, formants) scale by ``rate`` together: a new
     speaker-like variant of the same words (Ko et al. 2015, Kaldi's speed perturbation)."""
-    if not (isinstance(rate, (int, float)) and np.isfinite(rate) and rate > 0):
+    try:
+        value = float(rate)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (np.isfinite(value) and value > 0) or round(sample_rate * value) < 1:
         raise AudioError(f"speed perturbation rates must be finite and > 0 (e.g. 0.9 or 1.1), got {rate!r}")
-    if rate == 1.0:
+    if value == 1.0:
         return wav
-    orig = round(sample_rate * rate)  # treat the samples as if recorded at this rate ...
-    return AF.resample(wav, orig, int(sample_rate))  # ... and bring them back to sample_rate
+    return resample(wav, round(sample_rate * value), sample_rate)  # read as if recorded at rate x sample_rate, brought back
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int | None, mono: bool = True) -> torch.Tensor:

@@ -162,26 +162,36 @@ class Pipeline:
         """Generate the target segments of ``task_name`` for every input dict."""
         task = self.task(task_name)
         rates = self.vote_rates(task, overrides.pop("speed_votes", self.defaults.speed_votes))
-        if not rates:
-            prepared = [self.prepare_inputs(task, x, f"input[{i}]") for i, x in enumerate(inputs)]
-            return self.run_prepared(task_name, prepared, record_trajectory=record_trajectory, progress=progress, on_step=on_step, **overrides)
-        prepared = [
-            self.prepare_inputs(task, self.speed_copy(task, x, rate, f"input[{i}]"), f"input[{i}]")
-            for i, x in enumerate(inputs)
-            for rate in rates
-        ]  # input-major: the copies of input i are rows i * len(rates) ...
-        outputs = self.run_prepared(task_name, prepared, record_trajectory=record_trajectory, progress=progress, on_step=on_step, **overrides)
-        return [self.majority(task, outputs[i * len(rates) : (i + 1) * len(rates)]) for i in range(len(inputs))]
+        prepared = [p for i, x in enumerate(inputs) for p in self.prepare_copies(task, x, f"input[{i}]", rates)]
+        return self.run_prepared(
+            task_name, prepared, copies=max(1, len(rates)), record_trajectory=record_trajectory, progress=progress, on_step=on_step, **overrides
+        )
 
     # ------------------------------------------------------------------ speed votes
     def vote_rates(self, task: TaskSpec, rates: Any) -> list[float]:
-        """The checked ``generation.speed_votes`` for ``task`` ([] when the task has no speech condition)."""
-        rates = list(rates or [])
+        """The checked ``generation.speed_votes`` for ``task``: [] when off, or when the task has no
+        speech condition or no text target to vote on."""
+        if rates is None:
+            return []
+        if isinstance(rates, (str, bytes)) or not hasattr(rates, "__iter__"):
+            raise ConfigError(f"generation.speed_votes: expected a list of rates such as [1.0, 0.9, 1.1], got {rates!r}")
+        checked = []
         for r in rates:
-            if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
-                raise ConfigError(f"generation.speed_votes: rates must be finite numbers > 0 (e.g. [1.0, 0.9, 1.1]), got {rates}")
+            try:
+                value = float(r)
+            except (TypeError, ValueError):
+                value = float("nan")
+            if isinstance(r, bool) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"generation.speed_votes: rates must be finite numbers > 0 (e.g. [1.0, 0.9, 1.1]), got {list(rates)}")
+            checked.append(value)
         speech_in = any(s.role != TARGET and s.modality == SPEECH for s in task.segments)
-        return [float(r) for r in rates] if speech_in and len(rates) > 1 else []
+        text_out = any(s.role == TARGET and s.modality == TEXT for s in task.segments)
+        return checked if speech_in and text_out and checked not in ([], [1.0]) else []
+
+    def prepare_copies(self, task: TaskSpec, inputs: dict[str, Any], name: str, rates: list[float]) -> list[tuple[dict[str, Any], list[str]]]:
+        """:meth:`prepare_inputs` of ``inputs`` once, or once per rate of :meth:`vote_rates` (speech
+        conditions played that many times as fast); decode with ``run_prepared(copies=len(rates))``."""
+        return [self.prepare_inputs(task, self.speed_copy(task, inputs, r, name), name) for r in rates] or [self.prepare_inputs(task, inputs, name)]
 
     def speed_copy(self, task: TaskSpec, inputs: dict[str, Any], rate: float, name: str) -> dict[str, Any]:
         """``inputs`` with every speech condition played ``rate`` times as fast (:func:`speed_perturb`)."""
@@ -209,9 +219,11 @@ class Pipeline:
         keys = [tuple(c.fields[f] for f in text) for c in copies]
         votes = {k: keys.count(k) for k in keys}
         best = max(range(len(keys)), key=lambda j: (votes[keys[j]], -j))
+        warnings = list(dict.fromkeys(w for c in copies for w in c.warnings))  # every copy's, once
         return dataclasses.replace(
             copies[best],
             forward_passes=sum(c.forward_passes for c in copies),
+            warnings=warnings,
             agreement=votes[keys[best]] / len(copies),
         )
 
@@ -220,12 +232,22 @@ class Pipeline:
         task_name: str,
         prepared: list[tuple[dict[str, Any], list[str]]],
         *,
+        copies: int = 1,
         record_trajectory: bool = False,
         progress: bool = False,
         on_step: Callable[[StepInfo], None] | None = None,
         **overrides: Any,
     ) -> list[PipelineOutput]:
-        """Like ``run_batch`` on the ``(example, warnings)`` pairs of ``prepare_inputs``."""
+        """Like ``run_batch`` on the ``(example, warnings)`` pairs of ``prepare_inputs`` (or, with
+        ``copies`` > 1, of :meth:`prepare_copies`: each run of ``copies`` rows is one input's speed
+        copies, voted down to one output by :meth:`majority`)."""
+        if "speed_votes" in overrides:
+            raise ConfigError(
+                "speed_votes apply when inputs are prepared: use run_batch(..., speed_votes=...), or "
+                "prepare_copies(...) + run_prepared(..., copies=len(rates))"
+            )
+        if copies < 1 or len(prepared) % copies:
+            raise ValueError(f"copies={copies}: the {len(prepared)} prepared rows are not whole groups of {copies} copies per input")
         opts = dataclasses.replace(self.defaults, **overrides) if overrides else self.defaults
         task = self.task(task_name)
         lengths = {s.field: opts.lengths.get(s.field, s.max_len) for s in task.segments if s.role == TARGET}
@@ -236,7 +258,7 @@ class Pipeline:
         if opts.block_length is None:
             # a task with few target tokens (e.g. S2T's short answer) gets one step per token at most
             steps = max(1, min(steps, int(batch["target"].sum(dim=1).min())))
-        elif isinstance(opts.block_length, int) and opts.block_length > 0:
+        elif isinstance(opts.block_length, int) and opts.block_length > 0 and isinstance(steps, int) and steps > 0:
             # whole steps per block (rounded up), at most one per target token: one config serves tasks of any length
             n_target = max(1, int(batch["target"].sum(dim=1).max()))
             num_blocks = math.ceil(n_target / opts.block_length)
@@ -281,7 +303,7 @@ class Pipeline:
                         audio[seg.field] = vocoder.decode_one(units)
                     else:
                         audio[seg.field] = torch.zeros(0)
-                        warnings = warnings + [f"input[{i}]: the model produced no speech units for {seg.field!r}"]
+                        warnings = warnings + [f"the model produced no speech units for {seg.field!r}"]
             outputs.append(
                 PipelineOutput(
                     task=task_name,
@@ -297,6 +319,8 @@ class Pipeline:
                     warnings=warnings,
                 )
             )
+        if copies > 1:
+            outputs = [self.majority(task, outputs[i : i + copies]) for i in range(0, len(outputs), copies)]
         return outputs
 
     def decode_autoregressive(

@@ -26,7 +26,7 @@ def test_recipe_smoke_run(corpus, tmp_path, capsys):
     originals = [r for r in rows if "@" not in r["id"]]
     copies = [r for r in rows if "@" in r["id"]]
     n_train = sum(r["split"] == "train" for r in originals)
-    assert report["speed_perturb"] == {"rates": [0.9, 1.1], "extra_rows": 2 * n_train}
+    assert report["speed_perturb"] == {"rates": [0.9, 1.1], "extra_rows": 2 * n_train, "over_max_len": 0}
     assert len(copies) == 2 * n_train and {r["split"] for r in copies} == {"train"}  # dev questions stay as spoken
     by_id = {r["id"]: r for r in originals}
     for copy in copies:
@@ -68,6 +68,11 @@ def test_speed_perturb_flag_rejects_bad_rates(capsys):
     with pytest.raises(SystemExit):
         main(["recipe", "arith", "train", "--speed-perturb", "0.9,fast"])
     assert "comma-separated rates" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["recipe", "arith", "train", "--speed-perturb", "0.9,-1"])
-    assert "rates must be > 0" in capsys.readouterr().err
+    for bad in ("0.9,-1", "0.9,inf"):
+        with pytest.raises(SystemExit):
+            main(["recipe", "arith", "train", "--speed-perturb", bad])
+        assert "rates must be finite and > 0" in capsys.readouterr().err
+    for bad in ("0.9,0.9", "1.0,1.1"):
+        with pytest.raises(SystemExit):
+            main(["recipe", "arith", "train", "--speed-perturb", bad])
+        assert "distinct and not 1.0" in capsys.readouterr().err

@@ -177,9 +177,12 @@ def _fake_output(thinking, answer, passes=3):
 def test_speed_votes_majority_rule(model_dir):
     task = SpeechDiffusionModel.load(model_dir).tasks["s2s"]
     copies = [_fake_output("1 + 2 = 4", "4"), _fake_output("1 + 2 = 3", "3"), _fake_output("1 + 2 = 3", "3")]
+    copies[1].steps, copies[2].steps = 11, 22  # outside the vote: tells the copies apart
+    copies[2].warnings = ["input[0]: a note"]
     chosen = Pipeline.majority(task, copies)
-    assert chosen is not copies[1] and chosen.fields["thinking"] == "1 + 2 = 3"
+    assert chosen.fields["thinking"] == "1 + 2 = 3" and chosen.steps == 11  # the earliest copy of the majority
     assert chosen.forward_passes == 9 and chosen.agreement == pytest.approx(2 / 3)  # compute is summed over copies
+    assert chosen.warnings == ["input[0]: a note"]  # every copy's warnings are kept
     tie = Pipeline.majority(task, [_fake_output("a", "1"), _fake_output("b", "2")])
     assert tie.fields["thinking"] == "a" and tie.agreement == 0.5  # ties go to the first rate (put 1.0 first)
     # thinking and answer vote together: same thinking with a different answer is another candidate
@@ -187,11 +190,11 @@ def test_speed_votes_majority_rule(model_dir):
     assert split.fields["answer_text"] == "2"
 
 
-def test_speed_votes_decode_perturbed_copies(model_dir, tmp_path, monkeypatch):
+def test_speed_votes_decode_every_input_at_every_rate(model_dir, tmp_path, monkeypatch):
     import diffuspeech.pipeline as pipeline_module
 
     pipe = Pipeline(SpeechDiffusionModel.load(model_dir))
-    q = {"question_speech": str(tone(tmp_path / "q.wav", seconds=1.0, sr=16000))}
+    qs = [{"question_speech": str(tone(tmp_path / f"q{i}.wav", seconds=s, sr=16000))} for i, s in enumerate((0.6, 1.7))]
     rows = []
     real_generate = pipeline_module.generate
 
@@ -200,16 +203,27 @@ def test_speed_votes_decode_perturbed_copies(model_dir, tmp_path, monkeypatch):
         return real_generate(backbone, spec, options, **kw)
 
     monkeypatch.setattr(pipeline_module, "generate", spy)
-    plain = pipe.run_batch("s2s", [q, q])
-    voted = pipe.run_batch("s2s", [q, q], speed_votes=[1.0, 0.8, 1.25])
-    assert rows == [2, 6]  # one batch: every input x every rate
-    assert len(voted) == 2 and all(v.agreement in (1 / 3, 2 / 3, 1.0) for v in voted)
-    assert all(v.forward_passes == 3 * p.forward_passes for v, p in zip(voted, plain))
-    ids = pipe.model.tokenizer.encode_one(torch.from_numpy(sf.read(q["question_speech"])[0]).float())
-    slow = pipe.speed_copy(pipe.task("s2s"), q, 0.8, "input[0]")["question_speech"]  # [~T / 0.8] waveform
-    assert abs(slow.shape[0] - 16000 / 0.8) <= 2 and len(pipe.model.tokenizer.encode_one(slow)) > len(ids)
-    assert pipe.run_batch("s2s", [q], speed_votes=[1.0])[0].agreement is None  # one rate = no voting
+    plain = pipe.run_batch("s2s", qs)
+    same = pipe.run_batch("s2s", qs, speed_votes=[1.0, 1.0])  # two identical copies: must reproduce each input's own output
+    assert [o.fields["thinking"] for o in same] == [o.fields["thinking"] for o in plain]
+    assert all(torch.equal(a.tokens, b.tokens) and a.agreement == 1.0 for a, b in zip(same, plain))
+    assert all(v.forward_passes == 2 * p.forward_passes for v, p in zip(same, plain))
+    voted = pipe.run_batch("s2s", qs, speed_votes=[1.0, 0.8, 1.25])
+    assert rows == [2, 4, 6] and len(voted) == 2  # one batch: every input x every rate
+    slow = pipe.speed_copy(pipe.task("s2s"), qs[1], 0.8, "input[1]")["question_speech"]  # [~T / 0.8] waveform
+    assert abs(slow.shape[0] - 1.7 * 16000 / 0.8) <= 2
+    assert pipe.run_batch("s2s", qs[:1], speed_votes=[1.0])[0].agreement is None  # the input as spoken only = no voting
     assert pipe.run_batch("tts", [{"text": "two"}], speed_votes=[1.0, 0.9])[0].agreement is None  # no speech condition
+
+
+def test_speed_votes_from_the_model_config_reach_generate(model_dir, tmp_path, capsys):
+    q = tone(tmp_path / "q.wav", sr=16000)
+    model = SpeechDiffusionModel.load(model_dir, overrides=["generation.speed_votes=[1.0,0.9,1.1]"])
+    assert Pipeline(model).run("s2s", {"question_speech": str(q)}).agreement in (1 / 3, 2 / 3, 1.0)
+    assert main(["generate", "--task", "s2s", "--model", str(model_dir), "--out-dir", str(tmp_path / "g"), str(q),
+                 "generation.speed_votes=[1.0,0.9,1.1]"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["agreement"] in (1 / 3, 2 / 3, 1.0) and Path(line["audio"]).is_file()
 
 
 def test_speed_votes_errors(model_dir):
@@ -217,5 +231,12 @@ def test_speed_votes_errors(model_dir):
     units = {"question_speech": torch.tensor([1, 2, 3])}
     with pytest.raises(ConfigError, match=r"generation\.speed_votes: rates must be finite numbers > 0"):
         pipe.run_batch("s2s", [units], speed_votes=[1.0, 0.0])
+    with pytest.raises(ConfigError, match=r"generation\.speed_votes: expected a list of rates"):
+        pipe.run_batch("s2s", [units], speed_votes=0.9)
     with pytest.raises(ValueError, match=r"input\[0\]\.question_speech: generation\.speed_votes re-reads the audio"):
         pipe.run_batch("s2s", [units], speed_votes=[1.0, 0.9])
+    prepared = [pipe.prepare_inputs(pipe.task("s2s"), units, "input[0]")]
+    with pytest.raises(ConfigError, match="speed_votes apply when inputs are prepared"):
+        pipe.run_prepared("s2s", prepared, speed_votes=[1.0, 0.9])
+    with pytest.raises(ValueError, match="not whole groups of 2 copies"):
+        pipe.run_prepared("s2s", prepared, copies=2)

@@ -102,6 +102,8 @@ def run(args) -> int:
         for k, v in {"steps": args.steps, "block_length": args.block_length, "temperature": args.temperature, "cfg_scale": args.cfg_scale}.items()
         if v is not None
     }
+    rates = pipe.vote_rates(task, pipe.defaults.speed_votes)  # generation.speed_votes (model config or override)
+    copies = max(1, len(rates))
     failures = 0
     used_stems: set[str] = set()
     for start in range(0, len(items), max(1, args.batch_size)):
@@ -110,11 +112,12 @@ def run(args) -> int:
         good = []
         for n, (label, item) in enumerate(chunk):
             try:
-                good.append((n, label, pipe.prepare_inputs(task, item, label)))  # audio errors name the file
+                good.append((n, label, pipe.prepare_copies(task, item, label, rates)))  # audio errors name the file
             except (AudioError, ValueError) as exc:
                 failures += 1
                 records[n] = {"input": label, "error": str(exc)}
-        outputs = pipe.run_prepared(args.task, [p for _, _, p in good], record_trajectory=args.trajectory, progress=args.progress, **overrides_kw) if good else []
+        rows = [p for _, _, ps in good for p in ps]
+        outputs = pipe.run_prepared(args.task, rows, copies=copies, record_trajectory=args.trajectory, progress=args.progress, **overrides_kw) if good else []
         for (n, label, _), out in zip(good, outputs):
             record = {"input": label, "thinking": out.fields.get("thinking"), "text": out.fields.get(text_field) if text_field else None, "audio": None}
             if speech_field and speech_field in out.audio:
@@ -128,6 +131,8 @@ def run(args) -> int:
                 record["audio"] = str(wav_path)
             if args.trajectory and out.trajectory is not None:
                 record["trajectory"] = out.trajectory.tolist()
+            if out.agreement is not None:
+                record["agreement"] = out.agreement  # share of the speed_votes copies that agreed
             if out.warnings:
                 record["warnings"] = out.warnings
             records[n] = record

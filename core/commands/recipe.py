@@ -110,6 +110,7 @@ def _run_arith_prepare(args) -> int:
 def _rates(text: str) -> list[float]:
     """``"0.9,1.1"`` -> ``[0.9, 1.1]``; ``"none"`` or ``""`` -> ``[]``."""
     import argparse
+    import math
 
     if text.strip().lower() in ("", "none"):
         return []
@@ -117,8 +118,10 @@ def _rates(text: str) -> list[float]:
         rates = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated rates such as 0.9,1.1 (or none), got {text!r}") from None
-    if any(not r > 0 for r in rates):
-        raise argparse.ArgumentTypeError(f"rates must be > 0 (1.0 = unchanged), got {text!r}")
+    if any(not (math.isfinite(r) and r > 0) for r in rates):
+        raise argparse.ArgumentTypeError(f"rates must be finite and > 0, got {text!r}")
+    if 1.0 in rates or len(set(rates)) < len(rates):
+        raise argparse.ArgumentTypeError(f"rates must be distinct and not 1.0 (the questions as spoken are always kept), got {text!r}")
     return rates
 
 

@@ -10,7 +10,9 @@ Metrics (each over the same rows):
 - ``tts_intelligibility``: TTS of each answer's words -> judge == the words (21 answers)
 - ``resynthesis_ceiling``: assistant-voice answer audio -> tokenizer -> vocoder -> judge
 - ``ground_truth_ceiling``: assistant-voice answer audio -> judge
-- ``forward_passes_per_token``: network evaluations per generated target token (S2S)
+- ``forward_passes_per_token``: network evaluations per generated target token (S2S; every
+  speed-vote copy counts)
+- ``speed_vote_agreement`` (with ``generation.speed_votes``): mean share of the copies that agreed
 
 Writes ``metrics.json``, ``metrics.md`` and ``trajectory.png`` (one example's denoising
 order: which position was revealed at which step, text vs speech).
@@ -98,6 +100,7 @@ def evaluate(cfg: ArithEvalConfig) -> dict[str, Any]:
     if "s2s" in cfg.tasks:
         spoken = think = text = 0
         passes = tokens = 0
+        agreements: list[float] = []
         first = None
         for chunk_idx, chunk in enumerate(_batches(list(range(len(rows))), cfg.batch_size)):
             inputs = [{"question_speech": str(data / rows[i]["question_audio"])} for i in chunk]
@@ -107,6 +110,9 @@ def evaluate(cfg: ArithEvalConfig) -> dict[str, Any]:
                 wav = o.audio.get("answer_speech")
                 heard = judge(wav, o.sample_rate) if wav is not None and wav.numel() else None
                 per_row[i].update(thinking=o.fields.get("thinking"), text=o.fields.get("answer_text"), heard=heard)
+                if o.agreement is not None:  # generation.speed_votes
+                    per_row[i]["agreement"] = o.agreement
+                    agreements.append(o.agreement)
                 spoken += heard == r["answer_words"]
                 think += o.fields.get("thinking") == r["thinking"]
                 text += o.fields.get("answer_text") == r["answer_text"]
@@ -122,6 +128,8 @@ def evaluate(cfg: ArithEvalConfig) -> dict[str, Any]:
             s2s_text_accuracy=text / n,
             forward_passes_per_token=passes / max(1, tokens),
         )
+        if agreements:
+            metrics["speed_vote_agreement"] = sum(agreements) / len(agreements)
         if first is not None and first[0].trajectory is not None:
             o, r = first
             _plot_trajectory(o, out_dir / "trajectory.png", f"{r['question_text']} -> thinking {o.fields.get('thinking')!r}, answer {o.fields.get('answer_text')!r}")
@@ -187,6 +195,7 @@ LABELS = {
     "resynthesis_ceiling": "resynthesis ceiling (tokenizer -> vocoder -> judge)",
     "ground_truth_ceiling": "ground-truth ceiling (judge on espeak audio)",
     "forward_passes_per_token": "forward passes per generated token (S2S)",
+    "speed_vote_agreement": "speed-vote agreement (share of copies agreeing, S2S)",
 }
 
 

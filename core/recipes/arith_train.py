@@ -102,7 +102,6 @@ def fit_units(rows: list[dict], data_dir: Path, out: Path, question_units: int, 
 
 def resynthesis_ceiling(model_cfg: dict, rows: list[dict], data_dir: Path) -> dict[str, Any]:
     """Assistant-voice answers -> tokenizer -> vocoder -> judge, and the ground truth -> judge."""
-    from ..compose import build_component
     from ..judge import get_judge
 
     tok = output_tokenizer(model_cfg["tokenizer"])
@@ -126,7 +125,6 @@ def output_tokenizer(tokenizer_cfg: dict):
     """The recipe's tokenizer with ``assign_units`` lifted: it reads the assistant's answers onto
     their own exact-frame units (the targets the model learns to speak and the vocoder renders),
     while the model's tokenizer reads questions onto the k-means units only."""
-    from ..compose import build_component
 
     return build_component("tokenizers", tokenizer_cfg, "tokenizer").with_all_units()
 
@@ -221,7 +219,9 @@ def run(cfg: ArithTrainConfig) -> dict[str, Any]:
     if cfg.speed_perturb:
         questions = build_component("tokenizers", OmegaConf.to_container(config.tokenizer, resolve=True), "tokenizer")
         perturbed = perturbed_question_units(train_rows, data_dir, questions, list(cfg.speed_perturb))  # train split only: dev stays as spoken
-        report["speed_perturb"] = {"rates": list(cfg.speed_perturb), "extra_rows": len(perturbed)}
+        limits = [seg.max_len for t in config.tasks.values() for seg in t.segments if seg.field == "question_speech" and seg.get("max_len")]
+        too_long = sum(len(u) > min(limits) for u in perturbed.values()) if limits else 0
+        report["speed_perturb"] = {"rates": list(cfg.speed_perturb), "extra_rows": len(perturbed), "over_max_len": too_long}  # skipped at load
     training_manifest(train_rows + dev_rows, data_dir, manifest, answer_units, perturbed)
     from ..vocab import Vocab, VocabConfig
 
