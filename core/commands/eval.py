@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
     a = esub.add_parser("arith", help="spoken-answer accuracy, thinking exact match, S2T, ASR WER, TTS, ceilings")
     a.add_argument("--data", default="arith-corpus", help="corpus folder from `recipe arith prepare` (default ./arith-corpus)")
     a.add_argument("--split", default="dev", help="manifest to evaluate: <data>/<split>.jsonl (default dev)")
-    a.add_argument("--model", help="saved model folder (default: the embedded model)")
+    a.add_argument("--model", help="saved model folder, or an embedded model: arith (default), arith-ar (default: arith)")
     a.add_argument("--out", default="eval-arith", help="output folder for metrics.json, metrics.md, trajectory.png")
     a.add_argument("--limit", type=int, help="evaluate the first N rows only")
     a.add_argument("--batch-size", type=int, default=32)

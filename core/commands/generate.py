@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="run a task (s2s, s2t, asr, tts, ...) on wav files or text")
     p.add_argument("inputs", nargs="*", help="input wav files (speech-input tasks)")
     p.add_argument("--task", required=True, help="task name from the model's config, e.g. s2s, s2t, asr, tts")
-    p.add_argument("--model", help="saved model folder (default: the embedded spoken-arithmetic model)")
+    p.add_argument("--model", help="saved model folder, or an embedded model: arith (default, masked diffusion), arith-ar (autoregressive baseline)")
     p.add_argument("--out-dir", default="generated", help="where <stem>.wav files are written (default ./generated)")
     p.add_argument("--text", action="append", default=[], help="input text (text-input tasks; repeat for several)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's generation.steps)")
@@ -42,11 +42,11 @@ def add_parser(sub) -> None:
 
 
 def load_pipeline(model_dir: str | None, overrides: list[str], device: str = "cpu", allow_version_mismatch: bool = False):
-    from ..assets import default_model_dir
+    from ..assets import resolve_model_dir
     from ..model import SpeechDiffusionModel
     from ..pipeline import Pipeline
 
-    path = Path(model_dir) if model_dir else default_model_dir()
+    path = resolve_model_dir(model_dir)
     model = SpeechDiffusionModel.load(path, overrides=overrides, allow_version_mismatch=allow_version_mismatch)
     return Pipeline(model, device=device)
 
