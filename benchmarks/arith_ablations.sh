@@ -22,7 +22,7 @@ train() {  # name, overrides...
 }
 evaluate() {  # name, model dir, overrides...
   local name=$1 model=$2; shift 2
-  diffuspeech eval arith --data "$data" --model "$model" --out "$out/$name/eval" --no-progress --tasks s2s s2t ${limit:+--limit "$limit"} "$@"
+  diffuspeech eval arith --data "$data" --model "$model" --out "$out/$name/eval" --no-progress ${limit:+--limit "$limit"} "$@" --tasks s2s s2t
 }
 
 # 1. trained variants (same size, same steps)

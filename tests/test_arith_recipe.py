@@ -76,3 +76,19 @@ def test_speed_perturb_flag_rejects_bad_rates(capsys):
         with pytest.raises(SystemExit):
             main(["recipe", "arith", "train", "--speed-perturb", bad])
         assert "distinct and not 1.0" in capsys.readouterr().err
+
+
+def test_eval_cli_on_a_dev_subset_with_overrides_after_tasks(corpus, tmp_path, capsys):
+    out = tmp_path / "ev"
+    rc = main(["eval", "arith", "--data", str(corpus), "--model", "arith", "--out", str(out), "--limit", "3", "--no-progress",
+               "--tasks", "s2s", "asr", "generation.steps=4", "generation.speed_votes=[1.0,0.9]"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["rows"] == 3 and metrics["overrides"] == ["generation.steps=4", "generation.speed_votes=[1.0,0.9]"]
+    assert {"spoken_answer_accuracy", "thinking_exact_match", "asr_wer", "speed_vote_agreement"} <= set(metrics)
+    assert "s2t_accuracy" not in metrics and (out / "metrics.md").is_file() and (out / "trajectory.png").is_file()
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["agreement"] in (0.5, 1.0) for r in rows)
+    capsys.readouterr()
+    assert main(["eval", "arith", "--data", str(corpus), "--tasks", "s2x"]) == 2
+    assert "unknown or missing task(s) ['s2x']" in capsys.readouterr().err
