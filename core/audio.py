@@ -138,15 +138,23 @@ def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
     return AF.resample(wav, int(orig_rate), int(new_rate))
 
 
+def checked_speed_rate(rate: object) -> float:
+    """``rate`` as a float, or :class:`AudioError` unless it is a finite number > 0."""
+    try:
+        value = float(rate)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (np.isfinite(value) and value > 0):
+        raise AudioError(f"speed perturbation rates must be finite and > 0 (e.g. 0.9 or 1.1), got {rate!r}")
+    return value
+
+
 def speed_perturb(wav: torch.Tensor, sample_rate: int, rate: float) -> torch.Tensor:
     """``[T] -> [~T / rate]``: the waveform played ``rate`` times as fast (resampled, then read at the
     original rate), so tempo and every frequency (pitch, formants) scale by ``rate`` together: a new
     speaker-like variant of the same words (Ko et al. 2015, Kaldi's speed perturbation)."""
-    try:
-        value = float(rate)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not (np.isfinite(value) and value > 0) or round(sample_rate * value) < 1:
+    value = checked_speed_rate(rate)
+    if round(sample_rate * value) < 1:
         raise AudioError(f"speed perturbation rates must be finite and > 0 (e.g. 0.9 or 1.1), got {rate!r}")
     if value == 1.0:
         return wav

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from .audio import is_silent, load_audio, speed_perturb
+from .audio import AudioError, checked_speed_rate, is_silent, load_audio, speed_perturb
 from .compose import SECTION_SCHEMAS, ConfigError, validate_settings
 from .formats import TARGET, TaskSpec, collate, layout, split_targets
 from .generation import CanvasSpec, DecodeOptions, GenerationResult, StepInfo, generate
@@ -175,15 +175,12 @@ class Pipeline:
             return []
         if isinstance(rates, (str, bytes)) or not hasattr(rates, "__iter__"):
             raise ConfigError(f"generation.speed_votes: expected a list of rates such as [1.0, 0.9, 1.1], got {rates!r}")
-        checked = []
-        for r in rates:
-            try:
-                value = float(r)
-            except (TypeError, ValueError):
-                value = float("nan")
-            if isinstance(r, bool) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"generation.speed_votes: rates must be finite numbers > 0 (e.g. [1.0, 0.9, 1.1]), got {list(rates)}")
-            checked.append(value)
+        try:
+            if any(isinstance(r, bool) for r in rates):
+                raise AudioError("booleans are not rates")
+            checked = [checked_speed_rate(r) for r in rates]
+        except AudioError:
+            raise ConfigError(f"generation.speed_votes: rates must be finite numbers > 0 (e.g. [1.0, 0.9, 1.1]), got {list(rates)}") from None
         speech_in = any(s.role != TARGET and s.modality == SPEECH for s in task.segments)
         text_out = any(s.role == TARGET and s.modality == TEXT for s in task.segments)
         return checked if speech_in and text_out and checked not in ([], [1.0]) else []
@@ -191,14 +188,16 @@ class Pipeline:
     def prepare_copies(self, task: TaskSpec, inputs: dict[str, Any], name: str, rates: list[float]) -> list[tuple[dict[str, Any], list[str]]]:
         """:meth:`prepare_inputs` of ``inputs`` once, or once per rate of :meth:`vote_rates` (speech
         conditions played that many times as fast); decode with ``run_prepared(copies=len(rates))``."""
-        return [self.prepare_inputs(task, self.speed_copy(task, inputs, r, name), name) for r in rates] or [self.prepare_inputs(task, inputs, name)]
+        if not rates:
+            return [self.prepare_inputs(task, inputs, name)]
+        waves = self.speech_waveforms(task, inputs, name)  # each file read once for all the copies
+        sr = self.model.tokenizer.sample_rate
+        return [self.prepare_inputs(task, {**inputs, **{f: speed_perturb(w, sr, r) for f, w in waves.items()}}, name) for r in rates]
 
-    def speed_copy(self, task: TaskSpec, inputs: dict[str, Any], rate: float, name: str) -> dict[str, Any]:
-        """``inputs`` with every speech condition played ``rate`` times as fast (:func:`speed_perturb`)."""
-        if rate == 1.0:
-            return inputs
+    def speech_waveforms(self, task: TaskSpec, inputs: dict[str, Any], name: str) -> dict[str, torch.Tensor]:
+        """Speech condition field -> ``[T]`` waveform at the tokenizer's rate (the audio speed votes re-read)."""
         tok = self.model.tokenizer
-        copy = dict(inputs)
+        waves = {}
         for seg in task.segments:
             if seg.role == TARGET or seg.modality != SPEECH or seg.field not in inputs:
                 continue
@@ -208,9 +207,8 @@ class Pipeline:
                     f"{name}.{seg.field}: generation.speed_votes re-reads the audio at other speeds, but this input is "
                     "speech units (or the model has no tokenizer); pass audio, or set generation.speed_votes=[]"
                 )
-            wav = load_audio(value, tok.sample_rate) if isinstance(value, (str, Path)) else value.float().reshape(-1)
-            copy[seg.field] = speed_perturb(wav, tok.sample_rate, rate)
-        return copy
+            waves[seg.field] = load_audio(value, tok.sample_rate) if isinstance(value, (str, Path)) else value.float().reshape(-1)
+        return waves
 
     @staticmethod
     def majority(task: TaskSpec, copies: list[PipelineOutput]) -> PipelineOutput:

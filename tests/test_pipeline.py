@@ -15,6 +15,7 @@ import soundfile as sf
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from diffuspeech.audio import speed_perturb
 from diffuspeech.cli import main
 from diffuspeech.mel import MelConfig
 from diffuspeech.model import SpeechDiffusionModel
@@ -210,7 +211,8 @@ def test_speed_votes_decode_every_input_at_every_rate(model_dir, tmp_path, monke
     assert all(v.forward_passes == 2 * p.forward_passes for v, p in zip(same, plain))
     voted = pipe.run_batch("s2s", qs, speed_votes=[1.0, 0.8, 1.25])
     assert rows == [2, 4, 6] and len(voted) == 2  # one batch: every input x every rate
-    slow = pipe.speed_copy(pipe.task("s2s"), qs[1], 0.8, "input[1]")["question_speech"]  # [~T / 0.8] waveform
+    wave = pipe.speech_waveforms(pipe.task("s2s"), qs[1], "input[1]")["question_speech"]  # [T] at the tokenizer's rate
+    slow = speed_perturb(wave, 16000, 0.8)  # [~T / 0.8]: what the 0.8 copy is read from
     assert abs(slow.shape[0] - 1.7 * 16000 / 0.8) <= 2
     assert pipe.run_batch("s2s", qs[:1], speed_votes=[1.0])[0].agreement is None  # the input as spoken only = no voting
     assert pipe.run_batch("tts", [{"text": "two"}], speed_votes=[1.0, 0.9])[0].agreement is None  # no speech condition

@@ -210,14 +210,14 @@ def run(cfg: ArithTrainConfig) -> dict[str, Any]:
         }
     )
     config = apply_overrides(OmegaConf.merge(base, fills), cfg.overrides)
-    answers = output_tokenizer(OmegaConf.to_container(config.tokenizer, resolve=True))
+    questions = build_component("tokenizers", OmegaConf.to_container(config.tokenizer, resolve=True), "tokenizer")
+    answers = questions.with_all_units()  # = output_tokenizer(config.tokenizer), without building it twice
     answer_units = {
         p: answers.encode_one(load_audio(data_dir / p, answers.sample_rate)).tolist()
         for p in sorted({r["answer_audio"] for r in train_rows + dev_rows})
     }
     perturbed = None
     if cfg.speed_perturb:
-        questions = build_component("tokenizers", OmegaConf.to_container(config.tokenizer, resolve=True), "tokenizer")
         perturbed = perturbed_question_units(train_rows, data_dir, questions, list(cfg.speed_perturb))  # train split only: dev stays as spoken
         limits = [seg.max_len for t in config.tasks.values() for seg in t.segments if seg.field == "question_speech" and seg.get("max_len")]
         too_long = sum(len(u) > min(limits) for u in perturbed.values()) if limits else 0
