@@ -4,7 +4,8 @@ Tensor-level like :mod:`diffuspeech.generation` and on the same :class:`CanvasSp
 ``mask_id`` at a valid position is a target, filled strictly left to right, one token per
 row per forward pass. The token at target position p is chosen from the logits of the
 hidden state at p-1 (next-token prediction; the model must have been trained with
-``objective.mode: autoregressive`` under a causal attention policy), restricted to
+``objective.mode: autoregressive`` under a causal attention policy, or ``hybrid`` for its
+text), restricted to
 ``[allowed_lo, allowed_hi)`` with the mask id excluded: argmax at temperature 0, Gumbel-max
 at ``temperature`` otherwise (seeded), through the same sampling kernel as the engine.
 
@@ -32,6 +33,7 @@ from .backbone import Backbone
 from .generation import CanvasSpec, GenerationError, GenerationResult, StepInfo, _per_position, _per_segment
 from .kernels.sampling import SAMPLING_BACKENDS, resolve_backend, sample_rows
 from .kv_cache import KVCache, supports_kv_cache
+from .objective import sees_only_past
 
 __all__ = ["ARDecodeOptions", "ar_decode"]
 
@@ -65,11 +67,6 @@ def _check(backbone: Backbone, canvas: CanvasSpec, options: ARDecodeOptions) -> 
         raise GenerationError(
             f"autoregressive decoding needs canvas.attention_mask [B, 1, L, L] = {(b, 1, length, length)} from a causal "
             f"attention policy, got {None if mask is None else tuple(mask.shape)}"
-        )
-    if bool(torch.triu(mask, diagonal=1).any()):
-        raise GenerationError(
-            "autoregressive decoding needs a causal (lower-triangular) attention mask: set attention.name=causal "
-            "(and train with objective.mode=autoregressive), or decode with the diffusion mode"
         )
 
 
@@ -117,8 +114,12 @@ def ar_decode(
     *,
     generator: torch.Generator | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
+    only: torch.Tensor | None = None,
 ) -> GenerationResult:
     """Fill every ``mask_id`` at a valid position of ``canvas.tokens`` left to right (module docstring).
+
+    ``only`` (``[B, L]`` bool) restricts the targets to those positions; other masks stay masks
+    (TtT's hybrid decoding fills text this way, then denoises speech with the engine).
 
     Returns the engine's :class:`GenerationResult`: ``steps`` = ``forward_passes`` = passes run
     (the longest row's generated count, early-stopped fills excluded), ``num_blocks`` = the
@@ -135,6 +136,18 @@ def ar_decode(
         raise GenerationError(f"nothing to generate: canvas.tokens has no mask id ({mask_id}) at a valid position")
     if bool(pending[:, 0].any()):
         raise GenerationError("canvas position 0 is a target: autoregressive decoding needs a fixed token before every target")
+    if only is not None:
+        pending &= _per_position(only, "only", shape, True, torch.bool, device)
+        if not bool(pending.any()):
+            raise GenerationError("nothing to generate: no mask id at a valid position selected by `only`")
+    predict_from = torch.zeros_like(pending)
+    predict_from[:, :-1] = pending[:, 1:]  # [B, L] the state before each target
+    if bool((predict_from & ~sees_only_past(canvas.attention_mask.to(device))).any()):
+        raise GenerationError(
+            "autoregressive decoding needs an attention mask under which the state before each target sees no later "
+            "position: set attention.name=causal (objective.mode=autoregressive) or hybrid (objective.mode=hybrid), "
+            "or decode with the diffusion mode"
+        )
     segment = torch.where(pending, 0, -1) if canvas.segment is None else _per_position(canvas.segment, "segment", shape, -1, torch.long, device)
     if bool((segment[pending] < 0).any()):
         raise GenerationError("canvas.segment must be >= 0 at every position to generate (-1 marks fixed positions)")

@@ -10,6 +10,10 @@ The output head runs only at masked positions: ``[n_masked, vocab]`` logits, nev
 ``objective.mode: autoregressive`` is the same-size AR baseline: no masking, shifted
 next-token cross-entropy over the target positions (the hidden state at i-1 predicts token
 i), under a causal attention policy (:class:`AutoregressiveObjective`).
+
+``objective.mode: hybrid`` is TtT's split (:class:`HybridObjective`): text targets get the
+shifted next-token CE, speech targets the masked-diffusion CE, in one forward pass under
+an attention policy that is causal for text (``attention.name=hybrid``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ class ObjectiveConfig:
     eps: float = 1e-3  # t ~ U(eps, 1)
     normalize: str = "token"  # "token": sum / target tokens in the batch; "sequence": per-sequence mean, then batch mean
     logits_on: str = "masked"  # "masked" (head only where needed) | "all" (whole canvas; for benchmarks/reference only)
-    mode: str = "diffusion"  # "diffusion" | "autoregressive" (shifted next-token CE on the targets; needs attention.name=causal)
+    mode: str = "diffusion"  # "diffusion" | "autoregressive" (shifted next-token CE on the targets; needs attention.name=causal) | "hybrid" (TtT: AR text + diffusion speech; needs attention.name=hybrid)
     time_sampling: str = "uniform"  # "uniform": t i.i.d. per sequence | "stratified": one t per stratum of each micro-batch (same law, lower variance)
     weighting: str = "elbo"  # "elbo": CE / p_mask (LLaDA's bound) | "none": plain CE at masked positions (MaskGIT-style, lower variance)
 
@@ -42,7 +46,7 @@ NORMALIZE_CHOICES = ("token", "sequence")
 LOGITS_ON_CHOICES = ("masked", "all")
 TIME_SAMPLING_CHOICES = ("uniform", "stratified")
 WEIGHTING_CHOICES = ("elbo", "none")
-MODE_CHOICES = ("diffusion", "autoregressive")
+MODE_CHOICES = ("diffusion", "autoregressive", "hybrid")
 
 
 def _check_loss_options(normalize: str, logits_on: str, weighting: str = "elbo") -> None:
@@ -61,10 +65,19 @@ def _normalised(
     normalize: str,
 ) -> torch.Tensor:
     """"token": sum / target tokens in the batch; "sequence": per-row sum / row targets, batch mean."""
+    return _normalised_rows(losses, scored.nonzero()[:, 0], target, normalize)
+
+
+def _normalised_rows(
+    losses: torch.Tensor,  # [N] per-position losses
+    rows: torch.Tensor,  # [N] long: the batch row of each loss
+    target: torch.Tensor,  # [B, L] bool: the normaliser counts these
+    normalize: str,
+) -> torch.Tensor:
     if normalize == "token":
         return losses.sum() / target.sum().clamp_min(1)
     per_row = torch.zeros(target.shape[0], dtype=losses.dtype, device=losses.device)  # [B]
-    per_row.index_add_(0, scored.nonzero()[:, 0], losses)
+    per_row.index_add_(0, rows, losses)
     return (per_row / target.sum(dim=1).clamp_min(1)).mean()
 
 
@@ -159,11 +172,7 @@ def check_causal_mask(
 
 def check_causal_policy(policy: Any, name: str, what: str = "objective.mode=autoregressive") -> None:
     """Probe an attention policy on a small mixed text/speech/padding canvas (see :func:`check_causal_mask`)."""
-    from .modality import MODALITY_CODE, SPECIAL, SPEECH, TEXT
-
-    sp, tx, sc = MODALITY_CODE[SPECIAL], MODALITY_CODE[TEXT], MODALITY_CODE[SPEECH]
-    row = [sp, sp, sc, sc, sc, sp, sp, tx, tx, sp, sp, sc, sc, sc, sp, tx]
-    modality = torch.tensor([row, row])  # [2, 16]
+    modality = _probe_modality()  # [2, 16]
     valid = torch.ones_like(modality, dtype=torch.bool)  # [2, 16]
     valid[1, 12:] = False  # second row padded
     check_causal_mask(policy.mask(modality, valid), name, what)
@@ -214,14 +223,147 @@ class AutoregressiveObjective:
         return LossOutput(loss=loss, num_masked=n, num_target=n)
 
 
+# --------------------------------------------------------------------------- hybrid (TtT)
+def sees_only_past(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, L, L]`` bool -> ``[B, L]`` bool: True where the hidden state at q depends on no key after q.
+
+    A layer at q reads the keys its row allows; those keys' earlier layers read theirs. With
+    ``reach[q]`` = the furthest key any row at or before q may read (a running maximum), the
+    state at q sees only positions <= q in every layer iff ``reach[q] <= q``. Causal masks pass
+    everywhere; TtT's hybrid mask passes at text positions after any closed speech span."""
+    b, _, length, _ = attention_mask.shape
+    keys = torch.arange(length, device=attention_mask.device)  # [L]
+    last_key = torch.where(attention_mask[:, 0], keys, -1).amax(dim=-1)  # [B, L] furthest key per query row
+    reach = last_key.cummax(dim=1).values  # [B, L]
+    return reach <= keys[None, :]
+
+
+def check_next_token_positions(
+    attention_mask: torch.Tensor | None,  # [B, 1, L, L] bool or None (= full attention)
+    predict_from: torch.Tensor,  # [B, L] bool: positions whose hidden state predicts the next token
+    policy: str = "?",
+    what: str = "objective.mode=hybrid",
+) -> None:
+    """Raise :class:`ConfigError` if a state that predicts a next token can see that token or a later one."""
+    if attention_mask is not None and not bool((predict_from & ~sees_only_past(attention_mask)).any()):
+        return
+    raise ConfigError(
+        f"{what} predicts each text token from the state before it, but attention.name={policy!r} lets that "
+        f"state see later positions; set attention.name=hybrid (causal text, bidirectional speech spans) or causal"
+    )
+
+
+def check_hybrid_policy(policy: Any, name: str, what: str = "objective.mode=hybrid") -> None:
+    """Probe a policy on a mixed canvas: every state before a text position must see only the past."""
+    from .modality import MODALITY_CODE, SPEECH
+
+    modality = _probe_modality()  # [2, 16]
+    valid = torch.ones_like(modality, dtype=torch.bool)  # [2, 16]
+    valid[1, 12:] = False  # second row padded
+    predict_from = torch.zeros_like(valid)
+    predict_from[:, :-1] = (modality[:, 1:] != MODALITY_CODE[SPEECH]) & valid[:, 1:]  # [2, 15] the state before each text/special position
+    check_next_token_positions(policy.mask(modality, valid), predict_from, name, what)
+
+
+def hybrid_cross_entropy(
+    backbone: Backbone,
+    ids: torch.Tensor,  # [B, L] clean ids
+    text_target: torch.Tensor,  # [B, L] bool: predicted from the state before them (never position 0)
+    masked: torch.Tensor,  # [B, L] bool: masked speech targets, predicted at their own position
+    p_mask: torch.Tensor,  # [B, L] float, > 0 where masked
+    target: torch.Tensor,  # [B, L] bool: the loss normaliser counts these
+    mask_id: int,
+    attention_mask: torch.Tensor | None,  # [B, 1, L, L] bool, causal at the states before text targets
+    normalize: str = "token",
+    weighting: str = "elbo",
+) -> torch.Tensor:
+    """TtT's loss, one forward: shifted next-token CE on text targets + (weighted) masked CE on speech; a scalar."""
+    _check_loss_options(normalize, "masked", weighting)
+    if bool(text_target[:, 0].any()):
+        raise ValueError("hybrid loss: position 0 is a text target, but nothing precedes it to predict it from")
+    noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)  # [B, L] speech targets masked, text clean
+    hidden = backbone.hidden_states(noisy, attention_mask)  # [B, L, D]
+    nxt = text_target[:, 1:]  # [B, L-1]: is position i+1 a text target
+    states = torch.cat([hidden[:, :-1][nxt], hidden[masked]])  # [Nt + Ns, D]
+    labels = torch.cat([ids[:, 1:][nxt], ids[masked]])  # [Nt + Ns]
+    rows = torch.cat([nxt.nonzero()[:, 0], masked.nonzero()[:, 0]])  # [Nt + Ns]
+    ce = F.cross_entropy(backbone.logits(states).float(), labels, reduction="none")  # [Nt + Ns]
+    n_text = int(nxt.sum())
+    if weighting == "elbo":
+        ce = torch.cat([ce[:n_text], ce[n_text:] / p_mask[masked].to(ce.dtype)])
+    return _normalised_rows(ce, rows, target, normalize)
+
+
+class HybridObjective:
+    """TtT for one batch: text targets autoregressive (clean, teacher-forced), speech targets masked diffusion."""
+
+    def __init__(self, config: ObjectiveConfig, scheduler: MaskScheduler, noiser: Noiser, mask_id: int, policy_name: str = "?") -> None:
+        self.diffusion = MaskedDiffusionObjective(config, scheduler, noiser, mask_id)  # validates eps, time sampling, loss options
+        self.config, self.scheduler, self.noiser, self.mask_id, self.policy_name = config, scheduler, noiser, mask_id, policy_name
+
+    def split(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``target, text_target, speech_target`` ``[B, L]`` bool each."""
+        from .modality import MODALITY_CODE, SPEECH
+
+        target = batch["target"] & batch["valid"]
+        speech = batch["modality"] == MODALITY_CODE[SPEECH]
+        return target, target & ~speech, target & speech
+
+    def loss_at(
+        self,
+        backbone: Backbone,
+        batch: dict[str, torch.Tensor],
+        t: torch.Tensor,  # [B] diffusion time of each row's speech targets
+        generator: torch.Generator | None,
+        attention_mask: torch.Tensor | None,
+        normalize: str,
+    ) -> tuple[torch.Tensor, int]:
+        target, text_target, speech_target = self.split(batch)
+        predict_from = torch.zeros_like(text_target)
+        predict_from[:, :-1] = text_target[:, 1:]  # [B, L] the state before each text target
+        if bool(predict_from.any()):
+            check_next_token_positions(attention_mask, predict_from, self.policy_name)
+        masked, p_mask = self.noiser(speech_target, batch["modality"], t, self.scheduler, generator)
+        masked = masked.to(target.device) & speech_target
+        loss = hybrid_cross_entropy(
+            backbone, batch["ids"], text_target, masked, p_mask.to(target.device), target, self.mask_id, attention_mask,
+            normalize=normalize, weighting=self.config.weighting,
+        )
+        return loss, int(text_target.sum()) + int(masked.sum())
+
+    def __call__(
+        self,
+        backbone: Backbone,
+        batch: dict[str, torch.Tensor],  # ids, modality, target, valid [B, L]
+        generator: torch.Generator | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> LossOutput:
+        t = self.diffusion.sample_time(batch["ids"].shape[0], generator, batch["ids"].device)  # [B]
+        loss, scored = self.loss_at(backbone, batch, t, generator, attention_mask, self.config.normalize)
+        return LossOutput(loss=loss, num_masked=scored, num_target=int((batch["target"] & batch["valid"]).sum()))
+
+
+def _probe_modality() -> torch.Tensor:
+    """``[2, 16]`` modality codes of a small mixed canvas: special, speech, text, and a later speech span."""
+    from .modality import MODALITY_CODE, SPECIAL, SPEECH, TEXT
+
+    sp, tx, sc = MODALITY_CODE[SPECIAL], MODALITY_CODE[TEXT], MODALITY_CODE[SPEECH]
+    row = [sp, sp, sc, sc, sc, sp, sp, tx, tx, sp, sp, sc, sc, sc, sp, tx]
+    return torch.tensor([row, row])
+
+
 def build_objective(
     config: ObjectiveConfig, scheduler: MaskScheduler, noiser: Noiser, mask_id: int, policy: Any = None, policy_name: str = "?"
-) -> MaskedDiffusionObjective | AutoregressiveObjective:
-    """The objective ``objective.mode`` names; the AR mode checks ``policy`` (the attention policy) is causal."""
+) -> MaskedDiffusionObjective | AutoregressiveObjective | HybridObjective:
+    """The objective ``objective.mode`` names; the AR and hybrid modes probe ``policy`` (the attention policy)."""
     if config.mode not in MODE_CHOICES:
         raise ConfigError(f"objective.mode: {config.mode!r}; valid: {', '.join(MODE_CHOICES)}")
     if config.mode == "diffusion":
         return MaskedDiffusionObjective(config, scheduler, noiser, mask_id)
+    if config.mode == "hybrid":
+        if policy is not None:
+            check_hybrid_policy(policy, policy_name)
+        return HybridObjective(config, scheduler, noiser, mask_id, policy_name)
     if policy is not None:
         check_causal_policy(policy, policy_name)
     return AutoregressiveObjective(config, policy_name)

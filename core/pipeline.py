@@ -28,7 +28,7 @@ from .model import SpeechDiffusionModel
 
 @dataclass
 class GenerationConfig:
-    mode: str = "diffusion"  # "diffusion" | "autoregressive" (left to right, one token per pass; needs attention.name=causal)
+    mode: str = "diffusion"  # "diffusion" | "autoregressive" (left to right, one token per pass; needs attention.name=causal) | "hybrid" (TtT: text left to right, then speech by diffusion; needs attention.name=hybrid)
     steps: int = 32  # denoising steps (total over blocks; at most one per target token; with blocks, rounded up to whole steps per block)
     block_length: Optional[int] = None  # semi-autoregressive blocks over the targets (1 = strictly left to right); None = one block
     temperature: float = 0.0  # Gumbel temperature; 0 = greedy
@@ -42,9 +42,25 @@ class GenerationConfig:
 
 
 SECTION_SCHEMAS["generation"] = GenerationConfig
-GENERATION_MODES = ("diffusion", "autoregressive")
+GENERATION_MODES = ("diffusion", "autoregressive", "hybrid")
 
 SpeechInput = Union[str, Path, torch.Tensor]
+
+
+def diffusion_steps(opts: GenerationConfig, diffused: torch.Tensor) -> int:
+    """The engine's step count for a batch whose ``diffused [B, L]`` positions it fills.
+
+    Without blocks: ``opts.steps``, at most one per target token (e.g. S2T's short answer).
+    With ``block_length``: whole steps per block (rounded up), at most one per target token,
+    so one config serves tasks of any length."""
+    steps = opts.steps
+    if opts.block_length is None:
+        return max(1, min(steps, int(diffused.sum(dim=1).min())))
+    if isinstance(opts.block_length, int) and opts.block_length > 0 and isinstance(steps, int) and steps > 0:
+        n_target = max(1, int(diffused.sum(dim=1).max()))
+        num_blocks = math.ceil(n_target / opts.block_length)
+        return num_blocks * max(1, min(math.ceil(steps / num_blocks), n_target // num_blocks))
+    return steps  # invalid values: the engine names the problem
 
 
 @dataclass
@@ -252,39 +268,30 @@ class Pipeline:
         spec, batch = self.canvas(task_name, [p[0] for p in prepared], lengths)
         model = self.model
         sampler = model.sampler if model.sampler is not None else "low_confidence"
-        steps = opts.steps
-        if opts.block_length is None:
-            # a task with few target tokens (e.g. S2T's short answer) gets one step per token at most
-            steps = max(1, min(steps, int(batch["target"].sum(dim=1).min())))
-        elif isinstance(opts.block_length, int) and opts.block_length > 0 and isinstance(steps, int) and steps > 0:
-            # whole steps per block (rounded up), at most one per target token: one config serves tasks of any length
-            n_target = max(1, int(batch["target"].sum(dim=1).max()))
-            num_blocks = math.ceil(n_target / opts.block_length)
-            steps = num_blocks * max(1, min(math.ceil(steps / num_blocks), n_target // num_blocks))
         if opts.mode not in GENERATION_MODES:
             raise ConfigError(f"generation.mode: {opts.mode!r}; valid: {', '.join(GENERATION_MODES)}")
+        diffused = batch["target"]  # [B, L] the positions the diffusion engine fills
+        if opts.mode == "hybrid":
+            diffused = diffused & (batch["modality"] == MODALITY_CODE[SPEECH])
+        diffusion_options = DecodeOptions(
+            steps=diffusion_steps(opts, diffused),
+            block_length=opts.block_length,
+            temperature=opts.temperature,
+            cfg_scale=opts.cfg_scale,
+            backend=opts.backend,
+            kv_cache=opts.kv_cache,
+            record_trajectory=record_trajectory,
+            seed=opts.seed,
+            progress=progress,
+        )
+        scheduler = model.scheduler if opts.use_scheduler else None
         notes: list[str] = []
         if opts.mode == "autoregressive":
             result, notes = self.decode_autoregressive(spec, opts, record_trajectory, progress, on_step)
+        elif opts.mode == "hybrid":
+            result, notes = self.decode_hybrid(spec, opts, diffusion_options, sampler, record_trajectory, progress, on_step)
         else:
-            result = generate(
-                model.backbone,
-                spec,
-                DecodeOptions(
-                    steps=steps,
-                    block_length=opts.block_length,
-                    temperature=opts.temperature,
-                    cfg_scale=opts.cfg_scale,
-                    backend=opts.backend,
-                    kv_cache=opts.kv_cache,
-                    record_trajectory=record_trajectory,
-                    seed=opts.seed,
-                    progress=progress,
-                ),
-                sampler=sampler,
-                scheduler=model.scheduler if opts.use_scheduler else None,
-                on_step=on_step,
-            )
+            result = generate(model.backbone, spec, diffusion_options, sampler=sampler, scheduler=scheduler, on_step=on_step)
         outputs = []
         for i, (_, warnings) in enumerate(prepared):
             warnings = warnings + notes
@@ -352,6 +359,49 @@ class Pipeline:
             temperature=opts.temperature, seed=opts.seed, backend=opts.backend, record_trajectory=record_trajectory, progress=progress
         )
         return ar_decode(self.model.backbone, spec, options, on_step=on_step), notes
+
+    def decode_hybrid(
+        self,
+        spec: CanvasSpec,
+        opts: GenerationConfig,
+        diffusion_options: DecodeOptions,
+        sampler: Any,
+        record_trajectory: bool,
+        progress: bool,
+        on_step: Callable[[StepInfo], None] | None,
+    ) -> tuple[GenerationResult, list[str]]:
+        """``generation.mode: hybrid`` (TtT): :func:`~diffuspeech.hybrid_decoding.hybrid_decode` on the canvas.
+
+        Text targets are decoded left to right (``temperature``, ``seed``, ``backend``); speech
+        targets by the diffusion engine with every diffusion setting."""
+        from .ar_decoding import ARDecodeOptions
+        from .hybrid_decoding import hybrid_decode, speech_targets
+        from .objective import check_next_token_positions
+
+        if opts.cfg_scale > 0:
+            raise ConfigError("generation.cfg_scale: classifier-free guidance is not supported with generation.mode=hybrid; set it to 0")
+        notes = []
+        trained = (self.model.config.get("objective") or {}).get("mode", "diffusion")
+        if trained != "hybrid":
+            notes.append(
+                f"generation.mode=hybrid on a model trained with objective.mode={trained}: text is decoded from "
+                "next-token predictions that are untrained; train with objective.mode=hybrid"
+            )
+        text_options = ARDecodeOptions(
+            temperature=opts.temperature, seed=opts.seed, backend=opts.backend, record_trajectory=record_trajectory, progress=progress
+        )
+        node = self.model.config.get("attention")
+        policy = "none (full attention)" if node is None else str(node if isinstance(node, str) else node.get("name"))
+        text = (spec.tokens == spec.mask_id) & spec.valid & ~speech_targets(spec)  # [B, L]
+        predict_from = torch.zeros_like(text)
+        predict_from[:, :-1] = text[:, 1:]  # [B, L] the state before each text target
+        if bool(predict_from.any()):
+            check_next_token_positions(spec.attention_mask, predict_from, policy, "generation.mode=hybrid")
+        scheduler = self.model.scheduler if opts.use_scheduler else None
+        result = hybrid_decode(
+            self.model.backbone, spec, text_options, diffusion_options, sampler=sampler, scheduler=scheduler, on_step=on_step
+        )
+        return result, notes
 
     def run(self, task_name: str, inputs: dict[str, Any], **kwargs: Any) -> PipelineOutput:
         return self.run_batch(task_name, [inputs], **kwargs)[0]

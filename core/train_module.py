@@ -15,11 +15,11 @@ from torch import nn
 
 from .attention import AttentionPolicy
 from .compose import ConfigError
-from .objective import AutoregressiveObjective, MaskedDiffusionObjective, autoregressive_cross_entropy, masked_cross_entropy
+from .objective import AutoregressiveObjective, HybridObjective, MaskedDiffusionObjective, autoregressive_cross_entropy, masked_cross_entropy
 
 
 class TrainModule(nn.Module):
-    def __init__(self, modules: dict[str, nn.Module], objective: MaskedDiffusionObjective | AutoregressiveObjective, attention: AttentionPolicy) -> None:
+    def __init__(self, modules: dict[str, nn.Module], objective: MaskedDiffusionObjective | AutoregressiveObjective | HybridObjective, attention: AttentionPolicy) -> None:
         super().__init__()
         if "backbone" not in modules:
             raise ConfigError("training needs a `backbone` section in the config")
@@ -42,6 +42,8 @@ class TrainModule(nn.Module):
                 self.backbone, batch["ids"], target, attn, normalize="token", logits_on=self.objective.config.logits_on
             )
         t = torch.full((target.shape[0],), float(fixed_t))  # [B]
+        if isinstance(self.objective, HybridObjective):  # text teacher-forced, speech at t
+            return self.objective.loss_at(self.backbone, batch, t.to(target.device), generator, attn, "token")[0]
         noiser, scheduler = self.objective.noiser, self.objective.scheduler
         masked, p_mask = noiser(target, batch["modality"], t.to(target.device), scheduler, generator)
         return masked_cross_entropy(
