@@ -29,9 +29,11 @@ evaluate() {  # name, model dir, overrides...
 launch() {  # name, overrides...: in the background with one thread when PARALLEL=1
   if [ "${PARALLEL:-0}" = 1 ]; then OMP_NUM_THREADS=1 train "$@" > "$out/$1.log" 2>&1 & else train "$@"; fi
 }
-launch diffusion
-launch nothink "$NOTHINK_S2S" "$NOTHINK_S2T" "$NOTHINK_T2T" "$NOTHINK_LM"
-launch ar attention.name=causal objective.mode=autoregressive generation.mode=autoregressive
+# everything by diffusion (arith-mdm's recipe) and the AR baseline, without speed perturbation as measured
+MDM=(--speed-perturb none attention.name=bidirectional objective.mode=diffusion generation.mode=diffusion)
+launch diffusion "${MDM[@]}"
+launch nothink "${MDM[@]}" "$NOTHINK_S2S" "$NOTHINK_S2T" "$NOTHINK_T2T" "$NOTHINK_LM"
+launch ar --speed-perturb none attention.name=causal objective.mode=autoregressive generation.mode=autoregressive
 wait
 evaluate diffusion "$out/diffusion/model"
 evaluate nothink "$out/nothink/model"

@@ -41,8 +41,9 @@ def test_model_is_shipped_with_provenance():
 
 
 # per embedded model: (max question WER, min exact thinking traces, min judged spoken answers) out of 16;
-# full dev split (1,105 rows): arith WER 0.022 / thinking 0.855 / spoken 0.871; arith-ar 0.003 / 0.979 / 0.979
-FLOORS = {"arith": (0.15, 11, 11), "arith-ar": (0.10, 14, 14)}
+# full dev split (1,105 rows): arith WER 0.006 / thinking 0.972 / spoken 0.972; arith-mdm 0.022 / 0.855 / 0.871;
+# arith-ar 0.003 / 0.979 / 0.979
+FLOORS = {"arith": (0.10, 14, 14), "arith-mdm": (0.15, 11, 11), "arith-ar": (0.10, 14, 14)}
 
 
 @pytest.mark.parametrize("name", sorted(FLOORS))
@@ -67,13 +68,20 @@ def test_embedded_models_by_name(tmp_path):
     from diffuspeech.assets import EMBEDDED_MODELS, resolve_model_dir
 
     assert resolve_model_dir(None) == default_model_dir() == resolve_model_dir("arith")
-    ar = SpeechDiffusionModel.load(resolve_model_dir("arith-ar"))
-    assert ar.config["generation"]["mode"] == "autoregressive" and ar.config["objective"]["mode"] == "autoregressive"
-    assert SpeechDiffusionModel.load(default_model_dir()).config["generation"].get("mode", "diffusion") == "diffusion"
+    modes = {}
+    for name in EMBEDDED_MODELS:
+        config = SpeechDiffusionModel.load(resolve_model_dir(name)).config
+        attention = config.get("attention")
+        modes[name] = (config["objective"].get("mode", "diffusion"), config["generation"].get("mode", "diffusion"),
+                       attention if isinstance(attention, str) else attention["name"])
+    assert modes == {
+        "arith": ("hybrid", "hybrid", "causal"),
+        "arith-mdm": ("diffusion", "diffusion", "bidirectional"),
+        "arith-ar": ("autoregressive", "autoregressive", "causal"),
+    }
     assert resolve_model_dir(str(tmp_path)) == tmp_path  # a folder is a folder, whatever its name
-    with pytest.raises(FileNotFoundError, match="embedded models: arith, arith-ar"):
+    with pytest.raises(FileNotFoundError, match="embedded models: arith, arith-mdm, arith-ar"):
         embedded_model_dir("arith-xl")
-    assert set(EMBEDDED_MODELS) == {"arith", "arith-ar"}
 
 
 def test_speaks_the_answers_it_is_asked_to_say():

@@ -1,5 +1,9 @@
-"""Models shipped inside the package: the embedded default (``arith``, masked diffusion) and its
-autoregressive baseline (``arith-ar``), both trained by ``diffuspeech recipe arith train``."""
+"""Models shipped inside the package, all trained by ``diffuspeech recipe arith train``.
+
+``arith`` (the default) is TtT-style: the silent thought and the text answer are decoded left
+to right, the spoken answer by masked diffusion. ``arith-mdm`` decodes everything by masked
+diffusion (DiffuSpeech-style); ``arith-ar`` everything autoregressively (the baseline).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,14 @@ from pathlib import Path
 
 ASSETS_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = ASSETS_DIR / "arith"
-EMBEDDED_MODELS = {  # name for --model -> (folder, what it is)
-    "arith": (DEFAULT_MODEL_DIR, "spoken arithmetic, masked diffusion (the default)"),
-    "arith-ar": (ASSETS_DIR / "arith_ar", "spoken arithmetic, the same recipe with causal attention + autoregressive objective and decoding"),
+EMBEDDED_MODELS = {  # name for --model -> (folder, what it is); the first is the default
+    "arith": (DEFAULT_MODEL_DIR, "TtT-style: text left to right, spoken answer by masked diffusion"),
+    "arith-mdm": (ASSETS_DIR / "arith_mdm", "everything by masked diffusion, DiffuSpeech-style"),
+    "arith-ar": (ASSETS_DIR / "arith_ar", "autoregressive baseline"),
 }
+MODEL_HELP = "saved model folder, or an embedded model: " + ", ".join(
+    f"{name} ({'the default; ' if i == 0 else ''}{what})" for i, (name, (_, what)) in enumerate(EMBEDDED_MODELS.items())
+)  # the --model help of every command
 
 
 def default_model_dir() -> Path:
@@ -32,7 +40,7 @@ def embedded_model_dir(name: str) -> Path:
 
 
 def resolve_model_dir(model: str | None) -> Path:
-    """``--model``: a saved model folder, an embedded model's name (``arith``, ``arith-ar``), or None (the default)."""
+    """``--model``: a saved model folder, an embedded model's name (:data:`EMBEDDED_MODELS`), or None (the default)."""
     if not model:
         return default_model_dir()
     if model in EMBEDDED_MODELS and not Path(model).exists():

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import torch
 
+from ..assets import MODEL_HELP
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="the main job: ask the embedded model a spoken question, get a thought and a spoken answer")
     p.add_argument("--audio", help="a question wav (default: a random question spoken by espeak-ng)")
-    p.add_argument("--model", help="saved model folder, or an embedded model: arith (default, masked diffusion), arith-ar (autoregressive baseline)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--out-dir", default="demo-out", help="where question.wav and answer.wav go (default ./demo-out)")
     p.add_argument("--seed", type=int, help="pick the question and voice with this seed")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")

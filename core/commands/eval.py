@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..assets import MODEL_HELP
+
 
 TASKS = ("s2s", "s2t", "asr", "tts")
 
@@ -15,7 +17,7 @@ def add_parser(sub) -> None:
     a = esub.add_parser("arith", help="spoken-answer accuracy, thinking exact match, S2T, ASR WER, TTS, ceilings")
     a.add_argument("--data", default="arith-corpus", help="corpus folder from `recipe arith prepare` (default ./arith-corpus)")
     a.add_argument("--split", default="dev", help="manifest to evaluate: <data>/<split>.jsonl (default dev)")
-    a.add_argument("--model", help="saved model folder, or an embedded model: arith (default), arith-ar (default: arith)")
+    a.add_argument("--model", help=MODEL_HELP)
     a.add_argument("--out", default="eval-arith", help="output folder for metrics.json, metrics.md, trajectory.png")
     a.add_argument("--limit", type=int, help="evaluate the first N rows only")
     a.add_argument("--batch-size", type=int, default=32)

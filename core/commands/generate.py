@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..assets import MODEL_HELP
 from ..audio import AudioError, write_audio
 from ..formats import TARGET
 from ..modality import SPEECH, TEXT
@@ -22,7 +23,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="run a task (s2s, s2t, asr, tts, ...) on wav files or text")
     p.add_argument("inputs", nargs="*", help="input wav files (speech-input tasks)")
     p.add_argument("--task", required=True, help="task name from the model's config, e.g. s2s, s2t, asr, tts")
-    p.add_argument("--model", help="saved model folder, or an embedded model: arith (default, masked diffusion), arith-ar (autoregressive baseline)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--out-dir", default="generated", help="where <stem>.wav files are written (default ./generated)")
     p.add_argument("--text", action="append", default=[], help="input text (text-input tasks; repeat for several)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's generation.steps)")

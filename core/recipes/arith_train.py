@@ -9,12 +9,13 @@ Stages (each through the framework's own plugins and commands):
    frames are output-only units: the answers' units are written inline into the manifest;
    The spoken channel's ceiling is set by tokenizer + vocoder (DESIGN section 7): units that
    keep the assistant's frames exactly let the ``griffinlim`` vocoder resynthesise the answers
-   near the ground-truth ceiling, which step 3 measures; optionally each training question is
-   also added at ``speed_perturb`` rates (e.g. played 0.9x and 1.1x as fast: new speaker-like
+   near the ground-truth ceiling, which step 3 measures; each training question is also added
+   at the ``speed_perturb`` rates (by default played 0.9x and 1.1x as fast: new speaker-like
    variants), its units inline, so unseen voices are heard better;
 3. the resynthesis ceiling: assistant-voice answer -> tokenizer -> vocoder -> judge;
 4. the backbone: ``diffuspeech.training`` stage 1 (ASR, TTS, LM) then stage 2 (S2S with
-   thinking, S2T, T2T, ASR, TTS), from ``arith.yaml`` beside this file;
+   thinking, S2T, T2T, ASR, TTS), from ``arith.yaml`` beside this file (TtT-style by default:
+   text targets autoregressive, the spoken answer by masked diffusion);
 5. the model folder (safetensors + config + provenance + assets), optionally installed as the
    package's embedded default.
 """
@@ -48,7 +49,7 @@ class ArithTrainConfig:
     data: str = "arith-corpus"  # folder written by `recipe arith prepare` (train.jsonl, dev.jsonl, audio/)
     out: str = "runs/arith"  # run folder
     question_units: int = 256  # k-means units fitted on question audio
-    speed_perturb: list[float] = field(default_factory=list)  # extra copies of each training question played this many times faster (Kaldi-style: tempo and formants move together), e.g. [0.9, 1.1] (the arith-ar model); [] = none (the default model)
+    speed_perturb: list[float] = field(default_factory=lambda: [0.9, 1.1])  # extra copies of each training question played this many times faster (Kaldi-style: tempo and formants move together); [] = none (the arith-mdm model)
     max_fit_frames: int = 60_000  # frames sampled for k-means
     seed: int = 0
     scale: float = 1.0  # multiplies every stage's steps (0.01 for a smoke run)
