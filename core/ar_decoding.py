@@ -66,7 +66,7 @@ def _check(backbone: Backbone, canvas: CanvasSpec, options: ARDecodeOptions) -> 
     if mask is None or tuple(mask.shape) != (b, 1, length, length):
         raise GenerationError(
             f"autoregressive decoding needs canvas.attention_mask [B, 1, L, L] = {(b, 1, length, length)} from a causal "
-            f"attention policy, got {None if mask is None else tuple(mask.shape)}"
+            f"(or hybrid) attention policy, got {None if mask is None else tuple(mask.shape)}"
         )
 
 

@@ -35,7 +35,7 @@ class ObjectiveConfig:
     eps: float = 1e-3  # t ~ U(eps, 1)
     normalize: str = "token"  # "token": sum / target tokens in the batch; "sequence": per-sequence mean, then batch mean
     logits_on: str = "masked"  # "masked" (head only where needed) | "all" (whole canvas; for benchmarks/reference only)
-    mode: str = "diffusion"  # "diffusion" | "autoregressive" (shifted next-token CE on the targets; needs attention.name=causal) | "hybrid" (TtT: AR text + diffusion speech; needs attention.name=hybrid)
+    mode: str = "diffusion"  # "diffusion" | "autoregressive" (shifted next-token CE on the targets; needs attention.name=causal) | "hybrid" (TtT: AR text + diffusion speech; needs attention.name=hybrid or causal)
     time_sampling: str = "uniform"  # "uniform": t i.i.d. per sequence | "stratified": one t per stratum of each micro-batch (same law, lower variance)
     weighting: str = "elbo"  # "elbo": CE / p_mask (LLaDA's bound) | "none": plain CE at masked positions (MaskGIT-style, lower variance)
 
@@ -299,6 +299,8 @@ class HybridObjective:
 
     def __init__(self, config: ObjectiveConfig, scheduler: MaskScheduler, noiser: Noiser, mask_id: int, policy_name: str = "?") -> None:
         self.diffusion = MaskedDiffusionObjective(config, scheduler, noiser, mask_id)  # validates eps, time sampling, loss options
+        if config.logits_on != "masked":
+            raise ConfigError(f"objective.logits_on: {config.logits_on!r} is not supported with objective.mode=hybrid; use 'masked'")
         self.config, self.scheduler, self.noiser, self.mask_id, self.policy_name = config, scheduler, noiser, mask_id, policy_name
 
     def split(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

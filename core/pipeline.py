@@ -28,7 +28,7 @@ from .model import SpeechDiffusionModel
 
 @dataclass
 class GenerationConfig:
-    mode: str = "diffusion"  # "diffusion" | "autoregressive" (left to right, one token per pass; needs attention.name=causal) | "hybrid" (TtT: text left to right, then speech by diffusion; needs attention.name=hybrid)
+    mode: str = "diffusion"  # "diffusion" | "autoregressive" (left to right, one token per pass; needs attention.name=causal) | "hybrid" (TtT: text left to right, then speech by diffusion; needs attention.name=hybrid or causal)
     steps: int = 32  # denoising steps (total over blocks; at most one per target token; with blocks, rounded up to whole steps per block)
     block_length: Optional[int] = None  # semi-autoregressive blocks over the targets (1 = strictly left to right); None = one block
     temperature: float = 0.0  # Gumbel temperature; 0 = greedy
@@ -61,6 +61,27 @@ def diffusion_steps(opts: GenerationConfig, diffused: torch.Tensor) -> int:
         num_blocks = math.ceil(n_target / opts.block_length)
         return num_blocks * max(1, min(math.ceil(steps / num_blocks), n_target // num_blocks))
     return steps  # invalid values: the engine names the problem
+
+
+_UNTRAINED = {  # (generation.mode, objective.mode) -> what the decoder reads that training never taught
+    ("diffusion", "autoregressive"): "text and speech are read from masked-position predictions",
+    ("diffusion", "hybrid"): "text is read from masked-position predictions",
+    ("autoregressive", "diffusion"): "next-token predictions are untrained",
+    ("autoregressive", "hybrid"): "speech is read from next-token predictions",
+    ("hybrid", "diffusion"): "text is decoded from next-token predictions that are untrained",
+    ("hybrid", "autoregressive"): "speech is read from masked-position predictions",
+}
+
+
+def mode_mismatch_note(generation_mode: str, objective_mode: str) -> list[str]:
+    """A warning when ``generation.mode`` decodes with predictions ``objective.mode`` never trained."""
+    why = _UNTRAINED.get((generation_mode, objective_mode))
+    if why is None:
+        return []
+    return [
+        f"generation.mode={generation_mode} on a model trained with objective.mode={objective_mode}: {why}; "
+        f"decode with generation.mode={objective_mode} (or train with objective.mode={generation_mode})"
+    ]
 
 
 @dataclass
@@ -292,6 +313,7 @@ class Pipeline:
             result, notes = self.decode_hybrid(spec, opts, diffusion_options, sampler, record_trajectory, progress, on_step)
         else:
             result = generate(model.backbone, spec, diffusion_options, sampler=sampler, scheduler=scheduler, on_step=on_step)
+            notes = mode_mismatch_note("diffusion", (model.config.get("objective") or {}).get("mode", "diffusion"))
         outputs = []
         for i, (_, warnings) in enumerate(prepared):
             warnings = warnings + notes
@@ -348,13 +370,7 @@ class Pipeline:
         check_causal_mask(spec.attention_mask, policy, "generation.mode=autoregressive")
         if opts.cfg_scale > 0:
             raise ConfigError("generation.cfg_scale: classifier-free guidance is not supported with generation.mode=autoregressive; set it to 0")
-        notes = []
-        trained = (self.model.config.get("objective") or {}).get("mode", "diffusion")
-        if trained != "autoregressive":
-            notes.append(
-                f"generation.mode=autoregressive on a model trained with objective.mode={trained}: next-token "
-                "predictions are untrained; train with objective.mode=autoregressive"
-            )
+        notes = mode_mismatch_note("autoregressive", (self.model.config.get("objective") or {}).get("mode", "diffusion"))
         options = ARDecodeOptions(
             temperature=opts.temperature, seed=opts.seed, backend=opts.backend, record_trajectory=record_trajectory, progress=progress
         )
@@ -380,13 +396,7 @@ class Pipeline:
 
         if opts.cfg_scale > 0:
             raise ConfigError("generation.cfg_scale: classifier-free guidance is not supported with generation.mode=hybrid; set it to 0")
-        notes = []
-        trained = (self.model.config.get("objective") or {}).get("mode", "diffusion")
-        if trained != "hybrid":
-            notes.append(
-                f"generation.mode=hybrid on a model trained with objective.mode={trained}: text is decoded from "
-                "next-token predictions that are untrained; train with objective.mode=hybrid"
-            )
+        notes = mode_mismatch_note("hybrid", (self.model.config.get("objective") or {}).get("mode", "diffusion"))
         text_options = ARDecodeOptions(
             temperature=opts.temperature, seed=opts.seed, backend=opts.backend, record_trajectory=record_trajectory, progress=progress
         )

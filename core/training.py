@@ -345,8 +345,9 @@ class Trainer:
     def evaluate(self, wrapped: nn.Module, dev: ExampleSet, tasks: list[str], pad_id: int) -> dict[str, float]:
         """Dev loss at each fixed t of train.eval_times (token-normalised), per task and overall.
 
-        The autoregressive objective has no t: it is evaluated once, under the first of eval_times."""
-        times = list(self.tc.eval_times) if self.oc.mode == "diffusion" else list(self.tc.eval_times)[:1]
+        The autoregressive objective has no t: it is evaluated once, under the first of eval_times
+        (the hybrid one has: the t of its speech targets)."""
+        times = list(self.tc.eval_times) if self.oc.mode in ("diffusion", "hybrid") else list(self.tc.eval_times)[:1]
         wrapped.eval()
         sums: dict[tuple[str, float], list[float]] = {}
         try:

@@ -69,6 +69,8 @@ def test_hybrid_objective_needs_text_causal_attention():
     for name in ("hybrid", "causal"):
         check_hybrid_policy(build_component("attention", name, "attention"), name)
     assert isinstance(build_objective(cfg, sched, noiser, MASK, build_component("attention", "hybrid"), "hybrid"), HybridObjective)
+    with pytest.raises(ConfigError, match="objective.logits_on: 'all' is not supported with objective.mode=hybrid"):
+        build_objective(ObjectiveConfig(mode="hybrid", logits_on="all"), sched, noiser, MASK)
     with pytest.raises(ConfigError, match="objective.mode: 'ttt'; valid: diffusion, autoregressive, hybrid"):
         build_objective(ObjectiveConfig(mode="ttt"), sched, noiser, MASK)
 
@@ -182,13 +184,30 @@ def test_hybrid_decode_is_text_left_to_right_then_speech_by_the_engine(kv_cache)
     out = hybrid_decode(
         model, canvas, ARDecodeOptions(kv_cache=kv_cache), DecodeOptions(steps=steps, record_trajectory=True),
     )
-    # reference: AR over the text with the speech still masked (KV cache off), then the engine over the speech
+    # reference, text: one full forward per token over each row alone, speech still masked, early stop on id 9
+    ref = canvas.tokens.clone()
+    for b in range(ref.shape[0]):
+        n = int(canvas.valid[b].sum())
+        ended = False
+        for p in range(n):
+            if not text[b, p]:
+                continue
+            if ended:
+                ref[b, p] = 9
+                continue
+            logits = model(ref[b : b + 1, :n], canvas.attention_mask[b : b + 1, :, :n, :n])[0, p - 1]  # [V]
+            lo, hi = int(canvas.allowed_lo[b, p]), int(canvas.allowed_hi[b, p])
+            ref[b, p] = lo + int(torch.argmax(logits[lo:hi]))
+            ended = int(ref[b, p]) == 9
+    assert torch.equal(out.tokens[text], ref[text])
+    # reference, speech: the engine on the text-filled canvas
     first = ar_decode(model, canvas, ARDecodeOptions(kv_cache=False), only=text)
-    assert torch.equal(first.tokens[speech], canvas.tokens[speech]) and not (first.tokens[text] == MASK).any()
+    assert torch.equal(first.tokens, ref)  # `only` leaves the speech masks alone
     filled = CanvasSpec(**{**canvas.__dict__, "tokens": first.tokens})
     second = generate(model, filled, DecodeOptions(steps=steps))
     assert torch.equal(out.tokens, second.tokens)
     assert out.forward_passes == first.forward_passes + second.forward_passes == out.steps
+    assert (out.cached_forwards > 0) == kv_cache
     # trajectory: text passes first (left to right), then speech steps after every text pass
     assert (out.trajectory[~(text | speech)] == -1).all()
     assert int(out.trajectory[text].max()) < first.steps <= int(out.trajectory[speech].min())
@@ -236,7 +255,7 @@ def say_config(manifest, attention="hybrid", objective="hybrid"):
             {"field": "units", "modality": "speech", "role": "target", "max_len": 3}]}},
         "data": {"manifest": str(manifest), "batch_size": 32, "bucket_batches": 1},
         "train": {"seed": 0, "progress": False, "tensorboard": False, "log_every": 10, "checkpoint_every": 1000,
-                  "eval_times": [0.5], "weight_decay": 0.0,
+                  "eval_times": [0.3, 0.9], "weight_decay": 0.0,
                   "stages": [{"name": "main", "steps": 120, "lr": 3e-3, "warmup_steps": 5, "mixture": {"say": 1}}]},
     }
 
@@ -259,7 +278,8 @@ def test_hybrid_training_learns_text_and_speech(tmp_path):
     result = train(say_config(manifest), out=tmp_path / "run")
     losses = [result.losses[k] for k in sorted(result.losses)]
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
-    assert result.dev and "dev/loss_t0.5" in result.dev[-1]
+    assert result.dev and {"dev/loss_t0.3", "dev/loss_t0.9"} <= set(result.dev[-1])  # the speech targets' t
+    assert result.dev[-1]["dev/loss_t0.3"] != result.dev[-1]["dev/loss_t0.9"]  # each t masks its own share of speech
     pipe = Pipeline(SpeechDiffusionModel.load(result.model_dir))
     dev = [r for r in rows if r["split"] == "dev"]
     outs = pipe.run_batch("say", [{"src": r["src"]} for r in dev], record_trajectory=True)
@@ -277,3 +297,6 @@ def test_hybrid_training_learns_text_and_speech(tmp_path):
     with pytest.raises(ConfigError, match=r"generation.mode=hybrid .*attention.name='bidirectional'"):
         bidir.run("say", {"src": "ab"})
     assert "objective.mode=diffusion" in Pipeline(SpeechDiffusionModel(say_config(manifest, objective="diffusion"))).run("say", {"src": "ab"}).warnings[0]
+    note = pipe.run("say", {"src": "ab"}, mode="diffusion", steps=2).warnings
+    assert note and "generation.mode=diffusion on a model trained with objective.mode=hybrid" in note[0]
+    assert "decode with generation.mode=hybrid" in note[0]
