@@ -33,7 +33,7 @@ from .backbone import Backbone
 from .generation import CanvasSpec, GenerationError, GenerationResult, StepInfo, _per_position, _per_segment
 from .kernels.sampling import SAMPLING_BACKENDS, resolve_backend, sample_rows
 from .kv_cache import KVCache, supports_kv_cache
-from .objective import sees_only_past
+from .objective import sees_only_past, states_before
 
 __all__ = ["ARDecodeOptions", "ar_decode"]
 
@@ -140,9 +140,7 @@ def ar_decode(
         pending &= _per_position(only, "only", shape, True, torch.bool, device)
         if not bool(pending.any()):
             raise GenerationError("nothing to generate: no mask id at a valid position selected by `only`")
-    predict_from = torch.zeros_like(pending)
-    predict_from[:, :-1] = pending[:, 1:]  # [B, L] the state before each target
-    if bool((predict_from & ~sees_only_past(canvas.attention_mask.to(device))).any()):
+    if bool((states_before(pending) & ~sees_only_past(canvas.attention_mask.to(device))).any()):
         raise GenerationError(
             "autoregressive decoding needs an attention mask under which the state before each target sees no later "
             "position: set attention.name=causal (objective.mode=autoregressive) or hybrid (objective.mode=hybrid), "

@@ -172,9 +172,7 @@ def check_causal_mask(
 
 def check_causal_policy(policy: Any, name: str, what: str = "objective.mode=autoregressive") -> None:
     """Probe an attention policy on a small mixed text/speech/padding canvas (see :func:`check_causal_mask`)."""
-    modality = _probe_modality()  # [2, 16]
-    valid = torch.ones_like(modality, dtype=torch.bool)  # [2, 16]
-    valid[1, 12:] = False  # second row padded
+    modality, valid = _probe_canvas()  # [2, 16] each
     check_causal_mask(policy.mask(modality, valid), name, what)
 
 
@@ -224,6 +222,13 @@ class AutoregressiveObjective:
 
 
 # --------------------------------------------------------------------------- hybrid (TtT)
+def states_before(positions: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` bool -> ``[B, L]`` bool: the positions whose state predicts the next one (i-1 for each i)."""
+    before = torch.zeros_like(positions)
+    before[:, :-1] = positions[:, 1:]
+    return before
+
+
 def sees_only_past(attention_mask: torch.Tensor) -> torch.Tensor:
     """``[B, 1, L, L]`` bool -> ``[B, L]`` bool: True where the hidden state at q depends on no key after q.
 
@@ -257,11 +262,8 @@ def check_hybrid_policy(policy: Any, name: str, what: str = "objective.mode=hybr
     """Probe a policy on a mixed canvas: every state before a text position must see only the past."""
     from .modality import MODALITY_CODE, SPEECH
 
-    modality = _probe_modality()  # [2, 16]
-    valid = torch.ones_like(modality, dtype=torch.bool)  # [2, 16]
-    valid[1, 12:] = False  # second row padded
-    predict_from = torch.zeros_like(valid)
-    predict_from[:, :-1] = (modality[:, 1:] != MODALITY_CODE[SPEECH]) & valid[:, 1:]  # [2, 15] the state before each text/special position
+    modality, valid = _probe_canvas()  # [2, 16] each
+    predict_from = states_before((modality != MODALITY_CODE[SPEECH]) & valid)  # [2, 16] before each text/special position
     check_next_token_positions(policy.mask(modality, valid), predict_from, name, what)
 
 
@@ -321,8 +323,7 @@ class HybridObjective:
         normalize: str,
     ) -> tuple[torch.Tensor, int]:
         target, text_target, speech_target = self.split(batch)
-        predict_from = torch.zeros_like(text_target)
-        predict_from[:, :-1] = text_target[:, 1:]  # [B, L] the state before each text target
+        predict_from = states_before(text_target)  # [B, L]
         if bool(predict_from.any()):
             check_next_token_positions(attention_mask, predict_from, self.policy_name)
         masked, p_mask = self.noiser(speech_target, batch["modality"], t, self.scheduler, generator)
@@ -345,13 +346,17 @@ class HybridObjective:
         return LossOutput(loss=loss, num_masked=scored, num_target=int((batch["target"] & batch["valid"]).sum()))
 
 
-def _probe_modality() -> torch.Tensor:
-    """``[2, 16]`` modality codes of a small mixed canvas: special, speech, text, and a later speech span."""
+def _probe_canvas() -> tuple[torch.Tensor, torch.Tensor]:
+    """``modality, valid`` ``[2, 16]`` of a small mixed canvas (special, speech, text, a later speech
+    span), the second row padded: what the policy checks probe an attention policy on."""
     from .modality import MODALITY_CODE, SPECIAL, SPEECH, TEXT
 
     sp, tx, sc = MODALITY_CODE[SPECIAL], MODALITY_CODE[TEXT], MODALITY_CODE[SPEECH]
     row = [sp, sp, sc, sc, sc, sp, sp, tx, tx, sp, sp, sc, sc, sc, sp, tx]
-    return torch.tensor([row, row])
+    modality = torch.tensor([row, row])  # [2, 16]
+    valid = torch.ones_like(modality, dtype=torch.bool)  # [2, 16]
+    valid[1, 12:] = False
+    return modality, valid
 
 
 def build_objective(

@@ -350,6 +350,11 @@ class Pipeline:
             outputs = [self.majority(task, outputs[i : i + copies]) for i in range(0, len(outputs), copies)]
         return outputs
 
+    def attention_name(self) -> str:
+        """The model's attention policy as its config names it, for error messages."""
+        node = self.model.config.get("attention")
+        return "none (full attention)" if node is None else str(node if isinstance(node, str) else node.get("name"))
+
     def decode_autoregressive(
         self,
         spec: CanvasSpec,
@@ -365,9 +370,7 @@ class Pipeline:
         from .ar_decoding import ARDecodeOptions, ar_decode
         from .objective import check_causal_mask
 
-        node = self.model.config.get("attention")
-        policy = "none (full attention)" if node is None else str(node if isinstance(node, str) else node.get("name"))
-        check_causal_mask(spec.attention_mask, policy, "generation.mode=autoregressive")
+        check_causal_mask(spec.attention_mask, self.attention_name(), "generation.mode=autoregressive")
         if opts.cfg_scale > 0:
             raise ConfigError("generation.cfg_scale: classifier-free guidance is not supported with generation.mode=autoregressive; set it to 0")
         notes = mode_mismatch_note("autoregressive", (self.model.config.get("objective") or {}).get("mode", "diffusion"))
@@ -392,7 +395,7 @@ class Pipeline:
         targets by the diffusion engine with every diffusion setting."""
         from .ar_decoding import ARDecodeOptions
         from .hybrid_decoding import hybrid_decode, speech_targets
-        from .objective import check_next_token_positions
+        from .objective import check_next_token_positions, states_before
 
         if opts.cfg_scale > 0:
             raise ConfigError("generation.cfg_scale: classifier-free guidance is not supported with generation.mode=hybrid; set it to 0")
@@ -400,13 +403,10 @@ class Pipeline:
         text_options = ARDecodeOptions(
             temperature=opts.temperature, seed=opts.seed, backend=opts.backend, record_trajectory=record_trajectory, progress=progress
         )
-        node = self.model.config.get("attention")
-        policy = "none (full attention)" if node is None else str(node if isinstance(node, str) else node.get("name"))
         text = (spec.tokens == spec.mask_id) & spec.valid & ~speech_targets(spec)  # [B, L]
-        predict_from = torch.zeros_like(text)
-        predict_from[:, :-1] = text[:, 1:]  # [B, L] the state before each text target
+        predict_from = states_before(text)  # [B, L]
         if bool(predict_from.any()):
-            check_next_token_positions(spec.attention_mask, predict_from, policy, "generation.mode=hybrid")
+            check_next_token_positions(spec.attention_mask, predict_from, self.attention_name(), "generation.mode=hybrid")
         scheduler = self.model.scheduler if opts.use_scheduler else None
         result = hybrid_decode(
             self.model.backbone, spec, text_options, diffusion_options, sampler=sampler, scheduler=scheduler, on_step=on_step

@@ -29,12 +29,7 @@ V = 48
 MASK = V - 1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: exact, reproducible float order
 
 
 def tiny_llada(vocab: int = V, seed: int = 0):

@@ -27,12 +27,7 @@ MASK = V - 1
 SP, TX, SC = MODALITY_CODE["special"], MODALITY_CODE["text"], MODALITY_CODE["speech"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: exact, reproducible float order
 
 
 def tiny_llada(seed: int = 0):

@@ -24,12 +24,7 @@ MASK = 60
 V = 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: exact, reproducible float order
 
 
 class TinyEncoder(Backbone):

@@ -18,12 +18,7 @@ from synthetic_manifest import arithmetic_rows, write_manifest
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: exact, reproducible float order
 
 
 @pytest.fixture(scope="module")
