@@ -1,14 +1,88 @@
-"""Interface: backbone (token ids -> hidden states -> logits at requested positions)."""
+"""Interface: backbone (token ids -> hidden states -> logits at requested positions), and the
+helpers every implementation needs: :func:`parse_dtype`, :func:`check_attention_mask`,
+:func:`resized_rows` (vocabulary growth), and the optional KV-cache capability
+(:class:`KVCache`, :func:`supports_kv_cache`; see ``diffuspeech.sampling.kv_cache``)."""
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from .component import Component
+
+__all__ = ["DTYPES", "INITS", "Backbone", "KVCache", "check_attention_mask", "parse_dtype", "resized_rows", "supports_kv_cache"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def parse_dtype(name: str, where: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"{where}.dtype: unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def check_attention_mask(mask: torch.Tensor | None, batch: int, length: int) -> None:
+    if mask is None:
+        return
+    if mask.dtype != torch.bool:
+        raise TypeError(f"attention_mask must be bool (True = may attend), got {mask.dtype}")
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != (length, length) or mask.shape[0] not in (1, batch):
+        raise ValueError(
+            f"attention_mask must have shape [batch, 1, length, length] = [{batch}, 1, {length}, {length}], "
+            f"got {tuple(mask.shape)}; build it with an attention policy's mask(modality, valid)"
+        )
+
+
+INITS = ("mean", "normal")
+
+
+@torch.no_grad()
+def resized_rows(weight: torch.Tensor, new_rows: int, init: str = "mean", std: float = 0.02) -> torch.Tensor:
+    """A new ``[new_rows, dim]`` tensor: the first ``min(old, new)`` rows copied exactly, added rows
+    filled by ``init``: "mean" (mean of the old rows, computed in float32) or "normal" (N(0, std))."""
+    if init not in INITS:
+        raise ValueError(f"new_row_init: unknown init {init!r}; valid: {', '.join(INITS)}")
+    if new_rows < 1:
+        raise ValueError(f"vocabulary size must be >= 1, got {new_rows}")
+    old_rows, dim = weight.shape
+    out = torch.empty(new_rows, dim, dtype=weight.dtype, device=weight.device)  # [V', D]
+    keep = min(old_rows, new_rows)
+    out[:keep].copy_(weight[:keep])
+    if new_rows > old_rows:
+        if init == "mean":
+            out[old_rows:] = weight.float().mean(dim=0, keepdim=True).to(weight.dtype)
+        else:
+            out[old_rows:].normal_(mean=0.0, std=std)
+    return out
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every canvas position, per layer, from one full forward."""
+
+    keys: list[torch.Tensor]  # per layer [B, Hkv, L, Dh] (after RoPE)
+    values: list[torch.Tensor]  # per layer [B, Hkv, L, Dh]
+
+    @property
+    def batch(self) -> int:
+        return self.keys[0].shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[2]
+
+
+def supports_kv_cache(backbone: object) -> bool:
+    """Whether ``backbone`` implements the cached-forward capability described in the module doc."""
+    return (
+        bool(getattr(backbone, "supports_kv_cache", False))
+        and callable(getattr(backbone, "hidden_states_and_cache", None))
+        and callable(getattr(backbone, "hidden_states_cached", None))
+    )
 
 
 class Backbone(nn.Module, Component):

@@ -1,37 +1,76 @@
-"""The ``diffuspeech`` command line.
+"""The ``diffuspeech`` command line, built from the commands registered through ``register_commands``.
 
-Sub-commands live one per module in ``diffuspeech.commands``; each module defines
-``add_parser(subparsers)`` which registers its parser and sets ``func=run(args) -> int``.
+Core's commands (``diffuspeech.commands``), the plugins' (``fit-quantizer``, ``train-vocoder``,
+...) and the recipes' (``demo``, ``eval arith``, ...) all arrive through the same hook. Only the
+command being run is configured (its module imported), so ``diffuspeech --help`` stays fast
+and imports no engine.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 import sys
+from typing import Sequence
 
-from . import __version__, commands
-from .compose import ConfigError
+from . import __version__
+from .errors import ConfigError
+from .registry import Registration, get_registry, resolve_ref
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: Sequence[str], names: set[str]) -> str | None:
+    """The registered command the leading words of ``argv`` name (the longest match)."""
+    words = []
+    for token in argv:
+        if token.startswith("-"):
+            break
+        words.append(token)
+    for n in range(len(words), 0, -1):
+        name = " ".join(words[:n])
+        if name in names:
+            return name
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: every command listed, the one ``argv`` names configured."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands: dict[str, Registration] = {r.name: r for r in get_registry().registrations("commands")}
+    chosen = _chosen(argv, set(commands))
     parser = argparse.ArgumentParser(
         prog="diffuspeech",
         description="Speech language models on masked discrete diffusion, composed from plugins.",
     )
     parser.add_argument("--version", action="version", version=f"diffuspeech {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        module.add_parser(sub)
+    top = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {"": top}
+    members: dict[str, list[str]] = {}
+    for name in commands:
+        words = name.split()
+        for depth in range(1, len(words)):
+            members.setdefault(" ".join(words[:depth]), []).append(words[depth])
+    for name in sorted(commands):
+        words = name.split()
+        for depth in range(1, len(words)):
+            prefix = " ".join(words[:depth])
+            if prefix in commands:
+                raise SystemExit(f"diffuspeech: command {prefix!r} is also a group of {name!r}; rename one (plugins: "
+                                 f"{commands[prefix].plugin}, {commands[name].plugin})")
+            if prefix not in groups:
+                parent = groups[" ".join(words[: depth - 1])]
+                sub_names = ", ".join(sorted(set(members[prefix])))
+                g = parent.add_parser(words[depth - 1], help=f"{sub_names}", description=f"diffuspeech {prefix}: {sub_names}")
+                groups[prefix] = g.add_subparsers(dest=f"command_{depth}", metavar="ACTION", required=True)
+        reg = commands[name]
+        help_ = reg.info.get("help", "")
+        p = groups[" ".join(words[:-1])].add_parser(words[-1], help=help_, description=reg.info.get("description") or help_)
+        if name == chosen:
+            resolve_ref(reg.cls)(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .errors import ConfigError
 from .registry import RegistryError, get_registry, unknown_name_message
 
 # top-level config key -> component kind
@@ -27,13 +28,14 @@ COMPONENT_SECTIONS: dict[str, str] = {
     "sampler": "samplers",
     "attention": "attention",
     "noiser": "noisers",
+    "objective": "objectives",
 }
 
 # Plain (non-plugin) top-level sections and what validates each one: a dataclass, a
 # function ``(node, path) -> Any`` raising ConfigError, or None (accepted as is).
 # Modules that own a section add themselves here (e.g. ``vocab``, ``tasks``, ``train``).
 SECTION_SCHEMAS: dict[str, Any] = {"meta": None}
-SECTION_OWNERS = ("diffuspeech.vocab", "diffuspeech.formats", "diffuspeech.objective", "diffuspeech.training", "diffuspeech.pipeline")
+SECTION_OWNERS = ("diffuspeech.vocab", "diffuspeech.formats", "diffuspeech.training.trainer", "diffuspeech.training.data", "diffuspeech.pipeline")
 
 
 def _import_section_owners() -> None:
@@ -45,10 +47,6 @@ def _import_section_owners() -> None:
         except ModuleNotFoundError as exc:
             if exc.name != module:
                 raise
-
-
-class ConfigError(ValueError):
-    """A config problem, with the full key path in the message."""
 
 
 def load_config(source: str | Path | dict | DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
@@ -87,10 +85,40 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         except yaml.YAMLError:
             value = raw
         try:
+            if key in COMPONENT_SECTIONS and isinstance(value, (str, dict)):
+                # `vocoder=tone` / `vocoder={name: tone, ...}` replaces the node: the old settings go
+                cfg[key] = {"name": value} if isinstance(value, str) else value
+                continue
             OmegaConf.update(cfg, key, value, merge=True)
         except (OmegaConfBaseException, ValueError, IndexError, KeyError) as exc:
             raise ConfigError(f"override {item!r}: {str(exc).splitlines()[0]}") from None
+        section, _, rest = key.partition(".")
+        if rest == "name" and section in COMPONENT_SECTIONS:
+            _drop_foreign_settings(cfg, section)
     return cfg
+
+
+def _drop_foreign_settings(cfg: DictConfig, section: str) -> None:
+    """After ``<section>.name=...``: drop the settings the newly named component does not have, with a warning."""
+    import warnings
+
+    node = cfg.get(section)
+    if not isinstance(node, DictConfig):
+        return
+    try:
+        cls = get_registry().get(COMPONENT_SECTIONS[section], str(node.get("name")))
+    except RegistryError:
+        return  # validation names the unknown component
+    known = {f.name for f in dataclasses.fields(cls.Config)}
+    foreign = [str(k) for k in node if str(k) != "name" and str(k) not in known]
+    for k in foreign:
+        del node[k]
+    if foreign:
+        warnings.warn(
+            f"{section}.name={node.get('name')}: dropped {', '.join(f'{section}.{k}' for k in foreign)} "
+            f"(not settings of the new {section})",
+            stacklevel=3,
+        )
 
 
 def _type_name(tp: Any) -> str:

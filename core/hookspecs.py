@@ -1,7 +1,8 @@
 """The plugin contract: pluggy hook specifications.
 
 Every hook receives a ``register`` callback. A plugin calls ``register("name", SomeClass)``
-once per component it provides. Built-in components are registered through these very
+once per component it provides (``register("name", obj, **info)`` for commands, benches
+and models). Built-in components are registered through these very
 hooks (see ``diffuspeech/plugins/*/__init__.py``), so they have no privileges a third-party
 plugin lacks.
 
@@ -55,3 +56,29 @@ def register_attention(register):
 @hookspec
 def register_noisers(register):
     """Register training noisers (subclasses of ``diffuspeech.Noiser``)."""
+
+
+@hookspec
+def register_objectives(register):
+    """Register training objectives (subclasses of ``diffuspeech.Objective``)."""
+
+
+@hookspec
+def register_commands(register):
+    """Register CLI sub-commands: ``register("name", configure, help="...", description="...")``.
+
+    ``configure(parser)`` adds the command's arguments to its ``argparse`` parser and calls
+    ``parser.set_defaults(func=run)`` with ``run(args) -> int``. A name of several words
+    (``"eval arith"``) nests under a group (``diffuspeech eval arith``)."""
+
+
+@hookspec
+def register_benches(register):
+    """Register benchmarks for ``diffuspeech bench NAME``: ``register("name", run, help="...",
+    add_arguments=fn)``; ``run(args) -> dict`` of figures, ``add_arguments(parser)`` its options."""
+
+
+@hookspec
+def register_models(register):
+    """Register model folders usable as ``--model NAME``: ``register("name", folder,
+    description="...", default=False)``; at most one registered model should set ``default=True``."""

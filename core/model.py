@@ -216,3 +216,54 @@ def check_provenance(prov: dict[str, Any], allow_version_mismatch: bool = False,
                 f"{reg.version}; install {rec['package']}=={rec['version']} or pass allow_version_mismatch=True "
                 f"(--allow-version-mismatch)"
             )
+
+
+# --------------------------------------------------------------------------- registered models
+def registered_models() -> dict[str, tuple[Path, str, bool]]:
+    """Models registered through ``register_models``: name -> (folder, description, is_default)."""
+    return {
+        r.name: (Path(r.cls), str(r.info.get("description", "")), bool(r.info.get("default", False)))
+        for r in get_registry().registrations("models")
+    }
+
+
+def default_model_name() -> str:
+    """The registered model that set ``default=True`` (exactly one must)."""
+    defaults = [name for name, (_, _, default) in registered_models().items() if default]
+    if len(defaults) != 1:
+        found = ", ".join(defaults) if defaults else "none"
+        raise ConfigError(
+            f"--model is required: no single default model is registered (defaults: {found}); pass a saved model "
+            f"folder or one of: {', '.join(registered_models()) or '(no registered models)'}"
+        )
+    return defaults[0]
+
+
+def registered_model_dir(name: str) -> Path:
+    """The folder of the registered model ``name``."""
+    models = registered_models()
+    if name not in models:
+        raise ConfigError(f"no registered model {name!r}; registered models: {', '.join(models) or '(none)'}")
+    folder = models[name][0]
+    if not (folder / WEIGHTS).is_file():
+        raise ConfigError(
+            f"the registered model {name!r} is missing its weights ({folder / WEIGHTS}); reinstall the package "
+            "that provides it (`diffuspeech plugins` names it), or pass a saved model folder with --model"
+        )
+    return folder
+
+
+def resolve_model_dir(model: str | None) -> Path:
+    """``--model``: a saved model folder, a registered model's name, or None (the default model)."""
+    if not model:
+        return registered_model_dir(default_model_name())
+    if model in registered_models() and not Path(model).exists():
+        return registered_model_dir(model)
+    return Path(model)
+
+
+def model_help() -> str:
+    """The ``--model`` help of every command: what a model argument may be, registered models included."""
+    models = registered_models()
+    listed = ", ".join(f"{name} ({'the default; ' if default else ''}{what})" for name, (_, what, default) in models.items())
+    return "saved model folder, or a registered model" + (f": {listed}" if listed else "")

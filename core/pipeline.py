@@ -1,6 +1,6 @@
 """Inference pipeline: task format -> canvas -> diffusion engine -> text + units -> audio.
 
-    pipe = Pipeline(SpeechDiffusionModel.load("model_dir"))
+    pipe = Pipeline.from_pretrained("model_dir")   # or Pipeline(SpeechDiffusionModel.load("model_dir"))
     out = pipe.run("s2s", {"question_speech": "question.wav"})
     out.fields["thinking"], out.fields["answer_speech"] (units), out.audio["answer_speech"] (wav)
 
@@ -18,36 +18,22 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from .attention import check_causal_mask, check_next_token_positions, states_before
 from .audio import AudioError, checked_speed_rate, is_silent, load_audio, speed_perturb
-from .compose import SECTION_SCHEMAS, ConfigError, validate_settings
+from .compose import ConfigError, validate_settings
 from .formats import TARGET, TaskSpec, collate, layout, split_targets
-from .generation import CanvasSpec, DecodeOptions, GenerationResult, StepInfo, generate
 from .modality import MODALITY_CODE, SPEECH, TEXT
-from .model import SpeechDiffusionModel
+from .model import SpeechDiffusionModel, resolve_model_dir
+from .objective import mode_mismatch_note
+from .registry import RegistryError, get_registry
+from .sampling.generation import CanvasSpec, GenerationResult, StepInfo, generate
+from .sampling.options import DecodeOptions, GenerationError, check_options
 
-
-@dataclass
-class GenerationConfig:
-    mode: str = "diffusion"  # "diffusion" | "autoregressive" (left to right, one token per pass; needs attention.name=causal) | "hybrid" (TtT: text left to right, then speech by diffusion; needs attention.name=hybrid or causal)
-    steps: int = 32  # denoising steps (total over blocks; at most one per target token; with blocks, rounded up to whole steps per block)
-    block_length: Optional[int] = None  # semi-autoregressive blocks over the targets (1 = strictly left to right); None = one block
-    temperature: float = 0.0  # Gumbel temperature; 0 = greedy
-    cfg_scale: float = 0.0  # classifier-free guidance scale; 0 = off
-    use_scheduler: bool = True  # reveal counts follow the model's `scheduler` (per modality); False = LLaDA's even split
-    lengths: dict[str, int] = field(default_factory=dict)  # target field -> length budget (default: the segment's max_len)
-    seed: Optional[int] = 0  # sampling seed (reproducible outputs)
-    backend: str = "auto"  # sampling kernel: auto | triton | torch
-    kv_cache: str = "none"  # approximate KV cache within blocks (Fast-dLLM): none | prefix | dual; needs block_length
-    speed_votes: list[float] = field(default_factory=list)  # decode copies of each speech condition played at these rates (e.g. [1.0, 0.9, 1.1]); the majority of the text targets wins, ties go to the first rate; [] = off
-
-
-SECTION_SCHEMAS["generation"] = GenerationConfig
-GENERATION_MODES = ("diffusion", "autoregressive", "hybrid")
 
 SpeechInput = Union[str, Path, torch.Tensor]
 
 
-def diffusion_steps(opts: GenerationConfig, diffused: torch.Tensor) -> int:
+def diffusion_steps(opts: DecodeOptions, diffused: torch.Tensor) -> int:
     """The engine's step count for a batch whose ``diffused [B, L]`` positions it fills.
 
     Without blocks: ``opts.steps``, at most one per target token (e.g. S2T's short answer).
@@ -61,27 +47,6 @@ def diffusion_steps(opts: GenerationConfig, diffused: torch.Tensor) -> int:
         num_blocks = math.ceil(n_target / opts.block_length)
         return num_blocks * max(1, min(math.ceil(steps / num_blocks), n_target // num_blocks))
     return steps  # invalid values: the engine names the problem
-
-
-_UNTRAINED = {  # (generation.mode, objective.mode) -> what the decoder reads that training never taught
-    ("diffusion", "autoregressive"): "text and speech are read from masked-position predictions",
-    ("diffusion", "hybrid"): "text is read from masked-position predictions",
-    ("autoregressive", "diffusion"): "next-token predictions are untrained",
-    ("autoregressive", "hybrid"): "speech is read from next-token predictions",
-    ("hybrid", "diffusion"): "text is decoded from next-token predictions that are untrained",
-    ("hybrid", "autoregressive"): "speech is read from masked-position predictions",
-}
-
-
-def mode_mismatch_note(generation_mode: str, objective_mode: str) -> list[str]:
-    """A warning when ``generation.mode`` decodes with predictions ``objective.mode`` never trained."""
-    why = _UNTRAINED.get((generation_mode, objective_mode))
-    if why is None:
-        return []
-    return [
-        f"generation.mode={generation_mode} on a model trained with objective.mode={objective_mode}: {why}; "
-        f"decode with generation.mode={objective_mode} (or train with objective.mode={generation_mode})"
-    ]
 
 
 @dataclass
@@ -108,7 +73,35 @@ class Pipeline:
         self.device = torch.device(device)
         model.backbone.to(self.device).eval()
         node = model.config.get("generation", {}) or {}
-        self.defaults: GenerationConfig = validate_settings(GenerationConfig, dict(node), "generation", "section 'generation'")
+        self.defaults: DecodeOptions = validate_settings(DecodeOptions, dict(node), "generation", "section 'generation'")
+        try:
+            check_options(self.defaults)
+        except GenerationError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path | None = None,  # a saved model folder, a registered model's name, or None (the default model)
+        overrides: list[str] | tuple[str, ...] = (),  # dotlist config overrides, e.g. ["generation.steps=8"]
+        device: str | torch.device = "cpu",
+        allow_version_mismatch: bool = False,
+    ) -> "Pipeline":
+        """Load a saved (or registered, e.g. embedded) model and wrap it in a pipeline."""
+        path = resolve_model_dir(None if model is None else str(model))
+        loaded = SpeechDiffusionModel.load(path, overrides=list(overrides), allow_version_mismatch=allow_version_mismatch)
+        return cls(loaded, device=device)
+
+    def objective_note(self, generation_mode: str) -> list[str]:
+        """The mode-mismatch warning for decoding this model with ``generation_mode`` (see
+        :func:`diffuspeech.objective.mode_mismatch_note`)."""
+        node = self.model.config.get("objective")
+        name = "diffusion" if node is None else str(node if isinstance(node, str) else node.get("name", "diffusion"))
+        try:
+            cls = get_registry().get("objectives", name)
+        except RegistryError:
+            return []
+        return mode_mismatch_note(generation_mode, name, cls)
 
     # ------------------------------------------------------------------ inputs
     def speech_units(self, value: SpeechInput, name: str = "input") -> tuple[torch.Tensor, list[str]]:
@@ -289,21 +282,16 @@ class Pipeline:
         spec, batch = self.canvas(task_name, [p[0] for p in prepared], lengths)
         model = self.model
         sampler = model.sampler if model.sampler is not None else "low_confidence"
-        if opts.mode not in GENERATION_MODES:
-            raise ConfigError(f"generation.mode: {opts.mode!r}; valid: {', '.join(GENERATION_MODES)}")
+        try:
+            check_options(opts)
+        except GenerationError as exc:
+            raise ConfigError(str(exc)) from None
         diffused = batch["target"]  # [B, L] the positions the diffusion engine fills
         if opts.mode == "hybrid":
             diffused = diffused & (batch["modality"] == MODALITY_CODE[SPEECH])
-        diffusion_options = DecodeOptions(
-            steps=diffusion_steps(opts, diffused),
-            block_length=opts.block_length,
-            temperature=opts.temperature,
-            cfg_scale=opts.cfg_scale,
-            backend=opts.backend,
-            kv_cache=opts.kv_cache,
-            record_trajectory=record_trajectory,
-            seed=opts.seed,
-            progress=progress,
+        diffusion_options = dataclasses.replace(
+            opts, steps=diffusion_steps(opts, diffused), record_trajectory=record_trajectory or opts.record_trajectory,
+            progress=progress or opts.progress,
         )
         scheduler = model.scheduler if opts.use_scheduler else None
         notes: list[str] = []
@@ -313,7 +301,7 @@ class Pipeline:
             result, notes = self.decode_hybrid(spec, opts, diffusion_options, sampler, record_trajectory, progress, on_step)
         else:
             result = generate(model.backbone, spec, diffusion_options, sampler=sampler, scheduler=scheduler, on_step=on_step)
-            notes = mode_mismatch_note("diffusion", (model.config.get("objective") or {}).get("mode", "diffusion"))
+            notes = self.objective_note("diffusion")
         outputs = []
         for i, (_, warnings) in enumerate(prepared):
             warnings = warnings + notes
@@ -358,22 +346,21 @@ class Pipeline:
     def decode_autoregressive(
         self,
         spec: CanvasSpec,
-        opts: GenerationConfig,
+        opts: DecodeOptions,
         record_trajectory: bool,
         progress: bool,
         on_step: Callable[[StepInfo], None] | None,
     ) -> tuple[GenerationResult, list[str]]:
-        """``generation.mode: autoregressive``: :func:`~diffuspeech.ar_decoding.ar_decode` on the canvas.
+        """``generation.mode: autoregressive``: :func:`~diffuspeech.sampling.autoregressive.ar_decode` on the canvas.
 
         Uses ``temperature``, ``seed`` and ``backend``; the diffusion settings (steps, blocks,
         scheduler, kv_cache) do not apply (the exact causal KV cache is used when the backbone has one)."""
-        from .ar_decoding import ARDecodeOptions, ar_decode
-        from .objective import check_causal_mask
+        from .sampling.autoregressive import ARDecodeOptions, ar_decode
 
         check_causal_mask(spec.attention_mask, self.attention_name(), "generation.mode=autoregressive")
         if opts.cfg_scale > 0:
             raise ConfigError("generation.cfg_scale: classifier-free guidance is not supported with generation.mode=autoregressive; set it to 0")
-        notes = mode_mismatch_note("autoregressive", (self.model.config.get("objective") or {}).get("mode", "diffusion"))
+        notes = self.objective_note("autoregressive")
         options = ARDecodeOptions(
             temperature=opts.temperature, seed=opts.seed, backend=opts.backend, record_trajectory=record_trajectory, progress=progress
         )
@@ -382,24 +369,23 @@ class Pipeline:
     def decode_hybrid(
         self,
         spec: CanvasSpec,
-        opts: GenerationConfig,
+        opts: DecodeOptions,
         diffusion_options: DecodeOptions,
         sampler: Any,
         record_trajectory: bool,
         progress: bool,
         on_step: Callable[[StepInfo], None] | None,
     ) -> tuple[GenerationResult, list[str]]:
-        """``generation.mode: hybrid`` (TtT): :func:`~diffuspeech.hybrid_decoding.hybrid_decode` on the canvas.
+        """``generation.mode: hybrid`` (TtT): :func:`~diffuspeech.sampling.hybrid.hybrid_decode` on the canvas.
 
         Text targets are decoded left to right (``temperature``, ``seed``, ``backend``); speech
         targets by the diffusion engine with every diffusion setting."""
-        from .ar_decoding import ARDecodeOptions
-        from .hybrid_decoding import hybrid_decode, speech_targets
-        from .objective import check_next_token_positions, states_before
+        from .sampling.autoregressive import ARDecodeOptions
+        from .sampling.hybrid import hybrid_decode, speech_targets
 
         if opts.cfg_scale > 0:
             raise ConfigError("generation.cfg_scale: classifier-free guidance is not supported with generation.mode=hybrid; set it to 0")
-        notes = mode_mismatch_note("hybrid", (self.model.config.get("objective") or {}).get("mode", "diffusion"))
+        notes = self.objective_note("hybrid")
         text_options = ARDecodeOptions(
             temperature=opts.temperature, seed=opts.seed, backend=opts.backend, record_trajectory=record_trajectory, progress=progress
         )

@@ -1,7 +1,9 @@
 """Component registry built on pluggy.
 
-Plugins are loaded one by one in a fixed order (built-ins, then entry points of the
-``diffuspeech`` group sorted by name). A plugin that fails to import, raises in a hook, or
+Two families of kinds: *components* (a class subclassing the kind's contract, built from a
+config node: tokenizers, backbones, ...) and *extensions* (``commands``, ``benches``, ``models``:
+CLI sub-commands, benchmarks and registered model folders). Plugins are loaded one by one in a
+fixed order (built-ins, then entry points of the ``diffuspeech`` group sorted by name). A plugin that fails to import, raises in a hook, or
 registers a bad class is recorded as a failure and skipped as a whole; the rest keep
 working. Set ``DIFFUSPEECH_DISABLE_PLUGINS=1`` (or ``all``) to load no third-party plugin,
 or a comma-separated list of entry-point names to skip just those.
@@ -14,9 +16,11 @@ import importlib
 import importlib.metadata as md
 import inspect
 import os
+import re
 import traceback
 from dataclasses import dataclass, field, is_dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import pluggy
 
@@ -24,12 +28,13 @@ from . import hookspecs
 from .attention import AttentionPolicy
 from .backbone import Backbone
 from .noiser import Noiser
+from .objective import Objective
 from .sampler import Sampler
 from .scheduler import MaskScheduler
 from .tokenizer import SpeechTokenizer
 from .vocoder import Vocoder
 
-__all__ = ["KINDS", "Registry", "Registration", "PluginFailure", "RegistryError", "get_registry", "reset_registry"]
+__all__ = ["KINDS", "Kind", "Registry", "Registration", "PluginFailure", "RegistryError", "get_registry", "reset_registry", "resolve_ref"]
 
 DISABLE_ENV = "DIFFUSPEECH_DISABLE_PLUGINS"
 
@@ -38,7 +43,57 @@ DISABLE_ENV = "DIFFUSPEECH_DISABLE_PLUGINS"
 class Kind:
     name: str  # plural, e.g. "tokenizers"
     hook: str  # hook name, e.g. "register_tokenizers"
-    base: type  # every registered class must subclass this
+    base: Optional[type] = None  # components: every registered class must subclass this
+    check: Optional[Callable[["Kind", str, Any, dict], None]] = None  # extensions: validates (name, object, info)
+    info_keys: tuple[str, ...] = ()  # extensions: keyword arguments register() accepts
+
+    @property
+    def is_component(self) -> bool:
+        return self.base is not None
+
+
+_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def _is_callable_ref(obj: Any) -> bool:
+    """A callable, or a lazy ``"package.module:attribute"`` reference to one (imported on first use)."""
+    return callable(obj) or (isinstance(obj, str) and bool(_REF.fullmatch(obj)))
+
+
+def resolve_ref(obj: Any) -> Any:
+    """The object a ``"package.module:attribute"`` reference names (anything else is returned as is)."""
+    if not isinstance(obj, str):
+        return obj
+    module_name, _, attr = obj.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _check_command(kind: "Kind", name: Any, obj: Any, info: dict) -> None:
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*( [a-z0-9][a-z0-9_-]*)*", name):
+        raise RegistryError(f"invalid command name {name!r}: lower-case words of letters, digits, '-' or '_', separated by one space")
+    if not _is_callable_ref(obj):
+        raise RegistryError(
+            f"command {name!r}: register(name, configure) needs configure(parser) (a callable or 'module:function'), got {obj!r}"
+        )
+
+
+def _check_bench(kind: "Kind", name: Any, obj: Any, info: dict) -> None:
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+        raise RegistryError(f"invalid bench name {name!r}: letters, digits, '-' or '_'")
+    if not _is_callable_ref(obj):
+        raise RegistryError(f"bench {name!r}: register(name, run) needs run(args) -> dict (a callable or 'module:function'), got {obj!r}")
+    if info.get("add_arguments") is not None and not _is_callable_ref(info["add_arguments"]):
+        raise RegistryError(f"bench {name!r}: add_arguments must be a callable(parser) or 'module:function'")
+
+
+def _check_model(kind: "Kind", name: Any, obj: Any, info: dict) -> None:
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise RegistryError(f"invalid model name {name!r}: letters, digits, '.', '-' or '_'")
+    if not isinstance(obj, (str, os.PathLike)):
+        raise RegistryError(f"model {name!r}: register(name, folder) needs a folder path, got {obj!r}")
 
 
 KINDS: dict[str, Kind] = {
@@ -51,10 +106,21 @@ KINDS: dict[str, Kind] = {
         Kind("samplers", "register_samplers", Sampler),
         Kind("attention", "register_attention", AttentionPolicy),
         Kind("noisers", "register_noisers", Noiser),
+        Kind("objectives", "register_objectives", Objective),
+        Kind("commands", "register_commands", check=_check_command, info_keys=("help", "description")),
+        Kind("benches", "register_benches", check=_check_bench, info_keys=("help", "add_arguments")),
+        Kind("models", "register_models", check=_check_model, info_keys=("description", "default")),
     )
 }
+COMPONENT_KINDS = tuple(k for k, v in KINDS.items() if v.is_component)
 
-BUILTIN_MODULES = [f"diffuspeech.plugins.{kind}" for kind in KINDS]
+# The built-in plugins: core's own commands and benches, one module per component kind, the recipes.
+BUILTIN_MODULES = [
+    "diffuspeech.commands",
+    "diffuspeech.bench",
+    *(f"diffuspeech.plugins.{kind}" for kind in COMPONENT_KINDS),
+    "diffuspeech.recipes.arith",
+]
 
 
 class RegistryError(LookupError):
@@ -65,16 +131,22 @@ class RegistryError(LookupError):
 class Registration:
     kind: str
     name: str
-    cls: type
+    cls: Any  # components: the class; extensions: the registered object (configure, run, folder)
     plugin: str  # plugin (entry point / module) name
     package: str  # distribution that provides it
     version: str
+    info: dict = field(default_factory=dict, compare=False, hash=False)  # extensions: register()'s keyword arguments
 
     def as_dict(self) -> dict[str, str]:
+        obj = self.cls
+        if isinstance(obj, (str, os.PathLike)):
+            what = str(obj)  # a folder, or a lazy 'module:attribute' reference
+        else:
+            what = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
         return {
             "kind": self.kind,
             "name": self.name,
-            "class": f"{self.cls.__module__}.{self.cls.__qualname__}",
+            "class": what,
             "plugin": self.plugin,
             "package": self.package,
             "version": self.version,
@@ -114,7 +186,16 @@ def _distribution_of(obj: Any) -> tuple[str, str]:
     return "<local>", ""
 
 
-def _validate_class(kind: Kind, name: Any, cls: Any) -> None:
+def _validate_class(kind: Kind, name: Any, cls: Any, info: dict | None = None) -> None:
+    info = info or {}
+    if not kind.is_component:
+        unknown = sorted(set(info) - set(kind.info_keys))
+        if unknown:
+            raise RegistryError(f"{kind.name} {name!r}: unknown register() keyword(s) {unknown}; valid: {', '.join(kind.info_keys)}")
+        kind.check(kind, name, cls, info)
+        return
+    if info:
+        raise RegistryError(f"{kind.name} {name!r}: register(name, cls) takes no keywords, got {sorted(info)}")
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
         raise RegistryError(f"invalid {kind.name} name {name!r}: use letters, digits, '_' or '-'")
     if not (inspect.isclass(cls) and issubclass(cls, kind.base)):
@@ -192,9 +273,9 @@ class Registry:
                     if impl.plugin_name != name:
                         continue
 
-                    def register(comp_name: str, cls: type, _kind: Kind = kind) -> None:
-                        _validate_class(_kind, comp_name, cls)
-                        staged.append(Registration(_kind.name, comp_name, cls, name, package, version))
+                    def register(comp_name: str, cls: Any, _kind: Kind = kind, **info: Any) -> None:
+                        _validate_class(_kind, comp_name, cls, info)
+                        staged.append(Registration(_kind.name, comp_name, cls, name, package, version, dict(info)))
 
                     impl.function(register=register)
             seen: set[tuple[str, str]] = set()
@@ -259,6 +340,11 @@ class Registry:
     def _check_kind(self, kind: str) -> None:
         if kind not in KINDS:
             raise RegistryError(f"unknown component kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+
+
+    def get_info(self, kind: str, name: str) -> dict:
+        """register()'s keyword arguments for an extension (e.g. a command's help)."""
+        return dict(self.registration(kind, name).info)
 
 
 def unknown_name_message(kind: str, name: str, valid: list[str], path: str | None = None) -> str:

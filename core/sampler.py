@@ -1,6 +1,6 @@
 """Interface: decoding strategy (which masked positions to reveal at a step).
 
-The generation engine (``diffuspeech.generation``) runs the backbone, samples a candidate
+The generation engine (``diffuspeech.sampling``) runs the backbone, samples a candidate
 id and its confidence at every still-masked position, and asks the strategy which of
 them to commit. Strategies see only tensors, so they are easy to test and to swap.
 """
@@ -12,6 +12,9 @@ from abc import ABC, abstractmethod
 import torch
 
 from .component import Component
+
+
+__all__ = ["Sampler", "topk_mask"]
 
 
 class Sampler(Component, ABC):
@@ -28,3 +31,19 @@ class Sampler(Component, ABC):
         fewer than ``num_to_reveal`` (threshold decoding does) but must reveal at least one
         eligible position per row that has any, so decoding always makes progress.
         """
+
+
+def topk_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` bool: the ``k[b]`` highest finite ``scores`` of each row ``b``.
+
+    ``scores`` is ``[B, L]`` float where ``-inf`` (or NaN) marks a position that may not be
+    chosen; ``k`` is ``[B]`` long. A row with fewer finite scores than ``k`` gets all of
+    them. One sort per call, a rank mask and a scatter: no ``.item()``, so the selection
+    can run inside a captured CUDA graph.
+    """
+    if scores.dim() != 2 or k.shape != scores.shape[:1]:
+        raise ValueError(f"topk_mask expects scores [B, L] and k [B], got {tuple(scores.shape)} and {tuple(k.shape)}")
+    order = torch.sort(scores, dim=1, descending=True)  # values/indices [B, L]
+    ranks = torch.arange(scores.shape[1], device=scores.device)  # [L]
+    keep = (ranks[None, :] < k[:, None]) & torch.isfinite(order.values)  # [B, L], sorted order
+    return torch.zeros_like(keep).scatter(1, order.indices, keep)  # back to canvas order

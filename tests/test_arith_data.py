@@ -14,9 +14,9 @@ import pytest
 
 from diffuspeech.audio import load_audio
 from diffuspeech.cli import main
-from diffuspeech.espeak import get_espeak
-from diffuspeech.number_words import NUMBER_WORDS, number_to_words, words_to_number
-from diffuspeech.recipes.arith import (
+from diffuspeech.recipes.arith.espeak import get_espeak
+from diffuspeech.recipes.arith.number_words import NUMBER_WORDS, number_to_words, words_to_number
+from diffuspeech.recipes.arith.corpus import (
     EXCLUDED_VARIANTS,
     RESERVED_VOICES,
     ArithCorpusConfig,

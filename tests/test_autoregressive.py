@@ -12,18 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffuspeech.ar_decoding import ARDecodeOptions, ar_decode
+from diffuspeech.sampling.autoregressive import ARDecodeOptions, ar_decode
 from diffuspeech.compose import ConfigError, build_component
-from diffuspeech.generation import CanvasSpec, GenerationError
+from diffuspeech.sampling.generation import CanvasSpec, GenerationError
 from diffuspeech.model import SpeechDiffusionModel
-from diffuspeech.objective import (
-    AutoregressiveObjective,
-    ObjectiveConfig,
-    build_objective,
-    check_causal_policy,
-)
+from diffuspeech.attention import check_causal_policy
+from diffuspeech.objective import ObjectiveContext, build_objective
+from diffuspeech.plugins.objectives.autoregressive import AutoregressiveObjective
 from diffuspeech.pipeline import Pipeline
-from diffuspeech.training import train
+from diffuspeech.training.trainer import train
 
 V = 48
 MASK = V - 1
@@ -40,6 +37,10 @@ def tiny_llada(vocab: int = V, seed: int = 0):
 
 def causal_mask(valid: torch.Tensor) -> torch.Tensor:
     return build_component("attention", "causal", "attention").mask(torch.zeros_like(valid, dtype=torch.long), valid)
+
+
+def context(policy_name: str = "?") -> ObjectiveContext:
+    return ObjectiveContext(build_component("schedulers", "linear"), build_component("noisers", "iid"), MASK, None, policy_name)
 
 
 # --------------------------------------------------------------------------- loss
@@ -72,9 +73,8 @@ def test_ar_loss_and_gradients_match_shifted_cross_entropy(normalize, logits_on)
     ref_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     batch = {"ids": ids, "modality": torch.zeros_like(ids), "target": target, "valid": valid}
-    out = AutoregressiveObjective(ObjectiveConfig(mode="autoregressive", normalize=normalize, logits_on=logits_on), "causal")(
-        model, batch, None, mask
-    )
+    objective = build_objective({"name": "autoregressive", "normalize": normalize, "logits_on": logits_on}, context("causal"))
+    out = objective.loss(model, batch, None, mask)
     out.loss.backward()
     torch.testing.assert_close(out.loss, ref, rtol=1e-5, atol=1e-6)
     for a, b in zip((p.grad for p in model.parameters()), ref_grads):
@@ -184,23 +184,23 @@ def test_ar_decode_rejects_a_non_causal_mask():
 # --------------------------------------------------------------------------- config checks
 def test_autoregressive_objective_needs_a_causal_policy():
     sched, noiser = build_component("schedulers", "linear"), build_component("noisers", "iid")
-    cfg = ObjectiveConfig(mode="autoregressive")
     for name in ("bidirectional", "hybrid", {"name": "block_causal", "block_size": 4}):
         policy = build_component("attention", name, "attention")
         label = name if isinstance(name, str) else name["name"]
-        with pytest.raises(ConfigError, match=rf"objective.mode=autoregressive.*attention.name='{label}'"):
-            build_objective(cfg, sched, noiser, MASK, policy, label)
+        with pytest.raises(ConfigError, match=rf"objective.name=autoregressive.*attention.name='{label}'"):
+            build_objective("autoregressive", ObjectiveContext(sched, noiser, MASK, policy, label))
     for name in ("causal", {"name": "block_causal", "block_size": 1}):
         check_causal_policy(build_component("attention", name, "attention"), str(name))
-    assert isinstance(build_objective(cfg, sched, noiser, MASK, build_component("attention", "causal"), "causal"), AutoregressiveObjective)
-    with pytest.raises(ConfigError, match="objective.mode: 'ar'; valid: diffusion, autoregressive"):
-        build_objective(ObjectiveConfig(mode="ar"), sched, noiser, MASK)
+    built = build_objective("autoregressive", ObjectiveContext(sched, noiser, MASK, build_component("attention", "causal"), "causal"))
+    assert isinstance(built, AutoregressiveObjective)
+    with pytest.raises(ConfigError, match="objective.name: unknown objective name 'ar'; registered objectives: autoregressive, diffusion"):
+        build_objective("ar", ObjectiveContext(sched, noiser, MASK))
     # the objective also checks the mask it is given
     ids = torch.randint(0, 40, (2, 8))
     batch = {"ids": ids, "modality": torch.zeros_like(ids), "target": ids > 20, "valid": torch.ones_like(ids, dtype=torch.bool)}
     batch["target"][:, 0] = False
     with pytest.raises(ConfigError, match="attention.name='x'"):
-        AutoregressiveObjective(cfg, "x")(tiny_llada(), batch, None, None)
+        build_objective("autoregressive", ObjectiveContext(sched, noiser, MASK, None, "x")).loss(tiny_llada(), batch, None, None)
 
 
 # --------------------------------------------------------------------------- end to end
@@ -214,7 +214,7 @@ def copy_config(manifest, attention="causal"):
                      "mlp_hidden_size": 128, "vocab_size": 112, "max_sequence_length": 32},
         "scheduler": "linear",
         "attention": attention,
-        "objective": {"mode": "autoregressive"},
+        "objective": {"name": "autoregressive"},
         "generation": {"mode": "autoregressive"},
         "tasks": {"copy": {"token": "<|t2t|>", "segments": [
             {"field": "src", "modality": "text", "role": "condition"},
@@ -239,7 +239,7 @@ def test_ar_training_learns_to_copy(tmp_path):
     rows = copy_rows()
     manifest = tmp_path / "copy.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ConfigError, match=r"objective.mode=autoregressive needs a causal attention policy, but attention.name='bidirectional'"):
+    with pytest.raises(ConfigError, match=r"objective.name=autoregressive needs a causal attention policy, but attention.name='bidirectional'"):
         train(copy_config(manifest, attention="bidirectional"), out=tmp_path / "bad")
     result = train(copy_config(manifest), out=tmp_path / "run")
     losses = [result.losses[k] for k in sorted(result.losses)]
@@ -264,5 +264,5 @@ def test_ar_training_learns_to_copy(tmp_path):
     with pytest.raises(ConfigError, match=r"generation.mode=autoregressive needs a causal attention policy, but attention.name='bidirectional'"):
         bidir.run("copy", {"src": "ab"})
     cfg = copy_config(manifest)
-    cfg["objective"]["mode"] = "diffusion"
-    assert "objective.mode=diffusion" in Pipeline(SpeechDiffusionModel(cfg)).run("copy", {"src": "ab"}).warnings[0]
+    cfg["objective"]["name"] = "diffusion"
+    assert "objective.name=diffusion" in Pipeline(SpeechDiffusionModel(cfg)).run("copy", {"src": "ab"}).warnings[0]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 
-from diffuspeech import checkpoint as ck
+from diffuspeech.training import checkpoint as ck
 
 
 def trained():

@@ -10,11 +10,11 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
-from diffuspeech.batching import MixtureBatcher, normalise_mixture, shard
+from diffuspeech.training.batching import MixtureBatcher, normalise_mixture, shard
 from diffuspeech.compose import ConfigError, load_config, validate_config
-from diffuspeech.data import DataConfig, DataError, SpeechResolver, load_examples, speech_resolver
+from diffuspeech.training.data import DataConfig, DataError, SpeechResolver, load_examples, speech_resolver
 from diffuspeech.formats import DEFAULT_TASKS, parse_tasks
-from diffuspeech.training import Trainer
+from diffuspeech.training.trainer import Trainer
 from diffuspeech.unit_store import UnitStoreWriter
 from diffuspeech.vocab import Vocab, VocabConfig
 

@@ -6,14 +6,15 @@ import random
 import pytest
 import torch
 
-from diffuspeech.assets import default_model_dir, embedded_model_dir
+from diffuspeech.compose import ConfigError
+from diffuspeech.model import registered_model_dir, registered_models, resolve_model_dir
 from diffuspeech.cli import main
-from diffuspeech.espeak import get_espeak, locate_espeak
-from diffuspeech.judge import get_judge, resample_to
+from diffuspeech.recipes.arith.espeak import get_espeak, locate_espeak
+from diffuspeech.recipes.arith.judge import get_judge, resample_to
 from diffuspeech.model import SpeechDiffusionModel
-from diffuspeech.number_words import number_to_words
+from diffuspeech.recipes.arith.number_words import number_to_words
 from diffuspeech.pipeline import Pipeline
-from diffuspeech.recipes.arith import ArithCorpusConfig, all_questions, near_reserved, plan_corpus
+from diffuspeech.recipes.arith.corpus import ArithCorpusConfig, all_questions, near_reserved, plan_corpus
 
 N_QUESTIONS = 16
 
@@ -35,7 +36,7 @@ def dev_questions():
 
 
 def test_model_is_shipped_with_provenance():
-    model = SpeechDiffusionModel.load(default_model_dir())
+    model = SpeechDiffusionModel.load(registered_model_dir("arith"))
     assert model.vocab.size == model.backbone.vocab_size
     assert sum(p.numel() for p in model.backbone.parameters()) > 1_000_000
 
@@ -51,7 +52,7 @@ def test_hears_unseen_voices_thinks_and_answers(dev_questions, name):
     import jiwer
 
     max_wer, min_thought, min_spoken = FLOORS[name]
-    pipe = Pipeline(SpeechDiffusionModel.load(embedded_model_dir(name)))
+    pipe = Pipeline(SpeechDiffusionModel.load(registered_model_dir(name)))
     inputs = [{"question_speech": wav} for _, wav in dev_questions]
     asr = pipe.run_batch("asr", inputs)
     wer = jiwer.wer([q.text for q, _ in dev_questions], [o.fields["question_text"] or "<empty>" for o in asr])
@@ -65,14 +66,14 @@ def test_hears_unseen_voices_thinks_and_answers(dev_questions, name):
 
 
 def test_embedded_models_by_name(tmp_path):
-    from diffuspeech.assets import EMBEDDED_MODELS, resolve_model_dir
-
-    assert resolve_model_dir(None) == default_model_dir() == resolve_model_dir("arith")
+    assert resolve_model_dir(None) == registered_model_dir("arith") == resolve_model_dir("arith")
+    models = registered_models()
+    assert [name for name, (_, _, default) in models.items() if default] == ["arith"]  # the one default
     modes = {}
-    for name in EMBEDDED_MODELS:
+    for name in ("arith", "arith-mdm", "arith-ar"):
         config = SpeechDiffusionModel.load(resolve_model_dir(name)).config
         attention = config.get("attention")
-        modes[name] = (config["objective"].get("mode", "diffusion"), config["generation"].get("mode", "diffusion"),
+        modes[name] = (config["objective"]["name"], config["generation"].get("mode", "diffusion"),
                        attention if isinstance(attention, str) else attention["name"])
     assert modes == {
         "arith": ("hybrid", "hybrid", "causal"),
@@ -80,12 +81,12 @@ def test_embedded_models_by_name(tmp_path):
         "arith-ar": ("autoregressive", "autoregressive", "causal"),
     }
     assert resolve_model_dir(str(tmp_path)) == tmp_path  # a folder is a folder, whatever its name
-    with pytest.raises(FileNotFoundError, match="embedded models: arith, arith-mdm, arith-ar"):
-        embedded_model_dir("arith-xl")
+    with pytest.raises(ConfigError, match="registered models: arith, arith-ar, arith-mdm"):
+        registered_model_dir("arith-xl")
 
 
 def test_speaks_the_answers_it_is_asked_to_say():
-    pipe = Pipeline(SpeechDiffusionModel.load(default_model_dir()))
+    pipe = Pipeline(SpeechDiffusionModel.load(registered_model_dir("arith")))
     words = [number_to_words(n) for n in range(21)]
     outs = pipe.run_batch("tts", [{"answer_words": w} for w in words])
     judge = get_judge()

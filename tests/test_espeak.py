@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from diffuspeech.espeak import EspeakError, get_espeak, locate_espeak
+from diffuspeech.recipes.arith.espeak import EspeakError, get_espeak, locate_espeak
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from diffuspeech.backbone import Backbone
 from diffuspeech.compose import ConfigError, build_component
-from diffuspeech.generation import CanvasSpec, DecodeOptions, GenerationError, StepInfo, even_split_counts, generate
+from diffuspeech.sampling.generation import CanvasSpec, DecodeOptions, GenerationError, StepInfo, even_split_counts, generate
 from diffuspeech.modality import MODALITY_CODE
 from torch import nn
 

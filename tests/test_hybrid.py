@@ -12,15 +12,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffuspeech.ar_decoding import ARDecodeOptions, ar_decode
+from diffuspeech.sampling.autoregressive import ARDecodeOptions, ar_decode
 from diffuspeech.compose import ConfigError, build_component
-from diffuspeech.generation import CanvasSpec, DecodeOptions, GenerationError, generate
-from diffuspeech.hybrid_decoding import hybrid_decode
+from diffuspeech.sampling.generation import CanvasSpec, DecodeOptions, GenerationError, generate
+from diffuspeech.sampling.hybrid import hybrid_decode
 from diffuspeech.modality import MODALITY_CODE
 from diffuspeech.model import SpeechDiffusionModel
-from diffuspeech.objective import HybridObjective, ObjectiveConfig, build_objective, check_hybrid_policy, sees_only_past
+from diffuspeech.attention import check_hybrid_policy, sees_only_past
+from diffuspeech.objective import ObjectiveContext, build_objective
+from diffuspeech.plugins.objectives.hybrid import HybridObjective
 from diffuspeech.pipeline import Pipeline
-from diffuspeech.training import train
+from diffuspeech.training.losses import sample_time
+from diffuspeech.training.trainer import train
 
 V = 48
 MASK = V - 1
@@ -56,18 +59,18 @@ def test_sees_only_past_by_policy():
 
 def test_hybrid_objective_needs_text_causal_attention():
     sched, noiser = build_component("schedulers", "linear"), build_component("noisers", "iid")
-    cfg = ObjectiveConfig(mode="hybrid")
     for name in ("bidirectional", {"name": "block_causal", "block_size": 4}):
         label = name if isinstance(name, str) else name["name"]
-        with pytest.raises(ConfigError, match=rf"objective.mode=hybrid .*attention.name='{label}'.*set attention.name=hybrid"):
-            build_objective(cfg, sched, noiser, MASK, build_component("attention", name, "attention"), label)
+        with pytest.raises(ConfigError, match=rf"objective.name=hybrid .*attention.name='{label}'.*set attention.name=hybrid"):
+            build_objective("hybrid", ObjectiveContext(sched, noiser, MASK, build_component("attention", name, "attention"), label))
     for name in ("hybrid", "causal"):
         check_hybrid_policy(build_component("attention", name, "attention"), name)
-    assert isinstance(build_objective(cfg, sched, noiser, MASK, build_component("attention", "hybrid"), "hybrid"), HybridObjective)
-    with pytest.raises(ConfigError, match="objective.logits_on: 'all' is not supported with objective.mode=hybrid"):
-        build_objective(ObjectiveConfig(mode="hybrid", logits_on="all"), sched, noiser, MASK)
-    with pytest.raises(ConfigError, match="objective.mode: 'ttt'; valid: diffusion, autoregressive, hybrid"):
-        build_objective(ObjectiveConfig(mode="ttt"), sched, noiser, MASK)
+    built = build_objective("hybrid", ObjectiveContext(sched, noiser, MASK, build_component("attention", "hybrid"), "hybrid"))
+    assert isinstance(built, HybridObjective)
+    with pytest.raises(ConfigError, match=r"objective.logits_on: unknown key for objectives 'hybrid'"):
+        build_objective({"name": "hybrid", "logits_on": "all"}, ObjectiveContext(sched, noiser, MASK))
+    with pytest.raises(ConfigError, match="objective.name: unknown objective name 'ttt'; registered objectives: autoregressive, diffusion, hybrid"):
+        build_objective("ttt", ObjectiveContext(sched, noiser, MASK))
 
 
 # --------------------------------------------------------------------------- loss
@@ -115,16 +118,16 @@ def test_hybrid_loss_and_gradients_match_reference(normalize, weighting):
     model = tiny_llada()
     batch = mixed_batch()
     mask = policy_mask("hybrid", batch["modality"], batch["valid"])
-    objective = HybridObjective(
-        ObjectiveConfig(mode="hybrid", normalize=normalize, weighting=weighting),
-        build_component("schedulers", "linear"), build_component("noisers", "iid"), MASK, "hybrid",
+    objective = build_objective(
+        {"name": "hybrid", "normalize": normalize, "weighting": weighting},
+        ObjectiveContext(build_component("schedulers", "linear"), build_component("noisers", "iid"), MASK, None, "hybrid"),
     )
     # replay the objective's draw (t, then the noiser) to rebuild the same masked set for the reference
-    t = objective.diffusion.sample_time(3, torch.Generator().manual_seed(7))
+    t = sample_time(3, 1e-3, "uniform", torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(7)
-    objective.diffusion.sample_time(3, g)
+    sample_time(3, 1e-3, "uniform", g)
     speech_target = batch["target"] & batch["valid"] & (batch["modality"] == SC)
-    masked, p_mask = objective.noiser(speech_target, batch["modality"], t, objective.scheduler, g)
+    masked, p_mask = objective.context.noiser(speech_target, batch["modality"], t, objective.context.scheduler, g)
     masked &= speech_target
     assert masked.any() and (speech_target & ~masked).any(), "the draw should mask some speech targets and keep others"
     model.zero_grad()
@@ -132,7 +135,7 @@ def test_hybrid_loss_and_gradients_match_reference(normalize, weighting):
     ref.backward()
     ref_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    out = objective(model, batch, torch.Generator().manual_seed(7), mask)
+    out = objective.loss(model, batch, torch.Generator().manual_seed(7), mask)
     out.loss.backward()
     torch.testing.assert_close(out.loss, ref, rtol=1e-5, atol=1e-6)
     for a, b in zip((p.grad for p in model.parameters()), ref_grads):
@@ -142,7 +145,7 @@ def test_hybrid_loss_and_gradients_match_reference(normalize, weighting):
     # under full attention a text state sees its own token: refused, naming the policy
     bidir = policy_mask("bidirectional", batch["modality"], batch["valid"])
     with pytest.raises(ConfigError, match="attention.name='hybrid'"):  # the name the objective was built with
-        objective(model, batch, torch.Generator().manual_seed(7), bidir)
+        objective.loss(model, batch, torch.Generator().manual_seed(7), bidir)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -242,7 +245,7 @@ def say_config(manifest, attention="hybrid", objective="hybrid"):
                      "mlp_hidden_size": 128, "vocab_size": 120, "max_sequence_length": 32},
         "scheduler": "linear",
         "attention": attention,
-        "objective": {"mode": objective},
+        "objective": {"name": objective},
         "generation": {"mode": "hybrid", "steps": 4},
         "tasks": {"say": {"token": "<|t2t|>", "segments": [
             {"field": "src", "modality": "text", "role": "condition"},
@@ -268,7 +271,7 @@ def test_hybrid_training_learns_text_and_speech(tmp_path):
     rows = say_rows()
     manifest = tmp_path / "say.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ConfigError, match=r"objective.mode=hybrid .*attention.name='bidirectional'"):
+    with pytest.raises(ConfigError, match=r"objective.name=hybrid .*attention.name='bidirectional'"):
         train(say_config(manifest, attention="bidirectional"), out=tmp_path / "bad")
     result = train(say_config(manifest), out=tmp_path / "run")
     losses = [result.losses[k] for k in sorted(result.losses)]
@@ -291,7 +294,7 @@ def test_hybrid_training_learns_text_and_speech(tmp_path):
     bidir = Pipeline(SpeechDiffusionModel(say_config(manifest, attention="bidirectional")))
     with pytest.raises(ConfigError, match=r"generation.mode=hybrid .*attention.name='bidirectional'"):
         bidir.run("say", {"src": "ab"})
-    assert "objective.mode=diffusion" in Pipeline(SpeechDiffusionModel(say_config(manifest, objective="diffusion"))).run("say", {"src": "ab"}).warnings[0]
+    assert "objective.name=diffusion" in Pipeline(SpeechDiffusionModel(say_config(manifest, objective="diffusion"))).run("say", {"src": "ab"}).warnings[0]
     note = pipe.run("say", {"src": "ab"}, mode="diffusion", steps=2).warnings
-    assert note and "generation.mode=diffusion on a model trained with objective.mode=hybrid" in note[0]
+    assert note and "generation.mode=diffusion on a model trained with objective.name=hybrid" in note[0]
     assert "decode with generation.mode=hybrid" in note[0]

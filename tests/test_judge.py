@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffuspeech.espeak import get_espeak
-from diffuspeech.judge import get_judge, judge, number_grammar
-from diffuspeech.number_words import NUMBER_WORDS
-from diffuspeech.recipes.arith import ASSISTANT_PITCH, ASSISTANT_SPEED, ASSISTANT_VOICE
+from diffuspeech.recipes.arith.espeak import get_espeak
+from diffuspeech.recipes.arith.judge import get_judge, judge, number_grammar
+from diffuspeech.recipes.arith.number_words import NUMBER_WORDS
+from diffuspeech.recipes.arith.corpus import ASSISTANT_PITCH, ASSISTANT_SPEED, ASSISTANT_VOICE
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_input_forms_rate_level_and_channels(answers):
     assert judge(x, sr) == "seventeen"  # torch input
     assert judge(torch.stack([x, x]), sr) == "seventeen"  # [channels, samples]
     assert judge(wav * 0.02, sr) == "seventeen"  # quiet: the judge normalises the level
-    from diffuspeech.judge import resample_to
+    from diffuspeech.recipes.arith.judge import resample_to
 
     assert judge(resample_to(wav, sr, 44100), 44100) == "seventeen"
     assert judge(resample_to(wav, sr, 8000), 8000) == "seventeen"

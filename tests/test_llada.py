@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffuspeech import ConfigError, build_component
-from diffuspeech.plugins.backbones.llada_checkpoint import CheckpointMismatchError
+from diffuspeech.plugins.backbones.llada.checkpoint import CheckpointMismatchError
 
 # A tiny LLaDA: 3 layers, grouped-query attention (4 query heads, 2 kv heads), head_dim 8.
 TINY = dict(d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, mlp_hidden_size=48, vocab=101, max_len=64)

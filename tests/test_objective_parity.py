@@ -17,7 +17,8 @@ from diffuspeech.backbone import Backbone
 from diffuspeech.compose import build_component
 from diffuspeech.formats import DEFAULT_TASKS, collate, layout, parse_tasks
 from diffuspeech.modality import MODALITY_CODE, TEXT
-from diffuspeech.objective import MaskedDiffusionObjective, ObjectiveConfig
+from diffuspeech.objective import ObjectiveContext, build_objective
+from diffuspeech.plugins.objectives.diffusion import MaskedDiffusionObjective
 from diffuspeech.vocab import Vocab, VocabConfig
 
 MASK = 60
@@ -88,9 +89,13 @@ def llada_sft_loss(model, input_ids, prompt_lengths, generator):
 
 
 def objective(normalize: str, logits_on: str = "masked") -> MaskedDiffusionObjective:
-    return MaskedDiffusionObjective(
-        ObjectiveConfig(eps=1e-3, normalize=normalize, logits_on=logits_on),
-        build_component("schedulers", "linear"), build_component("noisers", "iid"), MASK,
+    return diffusion({"eps": 1e-3, "normalize": normalize, "logits_on": logits_on})
+
+
+def diffusion(settings: dict, mask_id: int = MASK) -> MaskedDiffusionObjective:
+    return build_objective(
+        {"name": "diffusion", **settings},
+        ObjectiveContext(build_component("schedulers", "linear"), build_component("noisers", "iid"), mask_id),
     )
 
 
@@ -115,7 +120,7 @@ def test_pretraining_loss_and_gradients_match_llada(logits_on):
         ref.backward()
         ref_grads = grads(model)
         model.zero_grad()
-        ours = objective("token", logits_on)(model, text_batch(ids, torch.ones_like(ids, dtype=torch.bool)), torch.Generator().manual_seed(seed))
+        ours = objective("token", logits_on).loss(model, text_batch(ids, torch.ones_like(ids, dtype=torch.bool)), torch.Generator().manual_seed(seed))
         ours.loss.backward()
         torch.testing.assert_close(ours.loss, ref, rtol=1e-6, atol=1e-6)
         for a, b in zip(grads(model), ref_grads):
@@ -134,7 +139,7 @@ def test_sft_loss_and_gradients_match_llada():
         ref.backward()
         ref_grads = grads(model)
         model.zero_grad()
-        ours = objective("sequence")(model, text_batch(ids, answer), torch.Generator().manual_seed(seed))
+        ours = objective("sequence").loss(model, text_batch(ids, answer), torch.Generator().manual_seed(seed))
         ours.loss.backward()
         torch.testing.assert_close(ours.loss, ref, rtol=1e-6, atol=1e-6)
         for a, b in zip(grads(model), ref_grads):
@@ -157,11 +162,10 @@ def test_selective_masking_never_touches_conditions():
     seqs = [layout(name, tasks[name], example, vocab) for name in ("s2s", "asr", "tts", "t2t", "s2t", "lm")]
     batch = collate(seqs, vocab.pad_id)  # [6, L], rows of different lengths
     model = Spy(TinyEncoder.Config(vocab=vocab.size))
-    obj = MaskedDiffusionObjective(ObjectiveConfig(eps=0.999), build_component("schedulers", "linear"),
-                                   build_component("noisers", "iid"), vocab.mask_id)
+    obj = diffusion({"eps": 0.999}, vocab.mask_id)
     touched = torch.zeros_like(batch["ids"], dtype=torch.bool)
     for seed in range(5):  # t ~ U(0.999, 1): nearly every target masked
-        out = obj(model, batch, torch.Generator().manual_seed(seed))
+        out = obj.loss(model, batch, torch.Generator().manual_seed(seed))
         masked = model.seen == vocab.mask_id
         touched |= masked
         assert out.num_masked == int(masked.sum()) > 0
@@ -173,10 +177,7 @@ def test_selective_masking_never_touches_conditions():
 
 
 def test_stratified_times_cover_every_stratum_and_stay_in_range():
-    obj = MaskedDiffusionObjective(
-        ObjectiveConfig(eps=1e-3, time_sampling="stratified"),
-        build_component("schedulers", "linear"), build_component("noisers", "iid"), MASK,
-    )
+    obj = diffusion({"eps": 1e-3, "time_sampling": "stratified"})
     for seed in range(5):
         t = obj.sample_time(8, torch.Generator().manual_seed(seed))  # [8]
         assert bool(((t >= 1e-3) & (t < 1.0)).all())
@@ -191,10 +192,8 @@ def test_weighting_none_is_plain_masked_cross_entropy():
     model = TinyEncoder()
     ids = torch.randint(0, 50, (3, 12), generator=torch.Generator().manual_seed(3))
     target = torch.ones_like(ids, dtype=torch.bool)
-    plain = MaskedDiffusionObjective(
-        ObjectiveConfig(eps=1e-3, weighting="none"), build_component("schedulers", "linear"), build_component("noisers", "iid"), MASK
-    )
-    out = plain(model, text_batch(ids, target), torch.Generator().manual_seed(0))
+    plain = diffusion({"eps": 1e-3, "weighting": "none"})
+    out = plain.loss(model, text_batch(ids, target), torch.Generator().manual_seed(0))
     # redo the same noise draw by hand: same generator order as the objective (t, then the mask)
     g = torch.Generator().manual_seed(0)
     t = 1e-3 + (1 - 1e-3) * torch.rand(3, generator=g)
@@ -209,6 +208,4 @@ def test_unknown_objective_options_name_the_key_and_choices(key, value):
     from diffuspeech.compose import ConfigError
 
     with pytest.raises(ConfigError, match=rf"objective\.{key}: '{value}'; valid: "):
-        MaskedDiffusionObjective(
-            ObjectiveConfig(**{key: value}), build_component("schedulers", "linear"), build_component("noisers", "iid"), MASK
-        )
+        diffusion({key: value})

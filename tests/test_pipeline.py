@@ -21,7 +21,7 @@ from diffuspeech.mel import MelConfig
 from diffuspeech.model import SpeechDiffusionModel
 from diffuspeech.compose import ConfigError
 from diffuspeech.pipeline import Pipeline, PipelineOutput
-from diffuspeech.plugins.tokenizers.quantizers import save_centroids
+from diffuspeech.quantizers import save_centroids
 
 WORDS = ["[UNK]", "what", "is", "plus", "minus", "one", "two", "three", "1", "2", "3", "+", "-", "="]
 K = 16

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffuspeech.compose import ConfigError, build_component
-from diffuspeech.kernels.selection import topk_mask
+from diffuspeech.sampler import topk_mask
 from diffuspeech.registry import get_registry
 
 INF = float("-inf")

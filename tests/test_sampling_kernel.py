@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 import torch
-from diffuspeech.kernels.sampling import gumbel_from_uniform, resolve_backend, sample_rows, sample_rows_torch
+from diffuspeech.sampling.kernels.sampling import gumbel_from_uniform, resolve_backend, sample_rows, sample_rows_torch
 
 V = 300
 BANNED = 7
@@ -21,8 +21,8 @@ BANNED = 7
 SCRIPT = textwrap.dedent(
     """
     import sys, torch
-    from diffuspeech.kernels.sampling_triton import sample_rows_triton
-    from diffuspeech.kernels.sampling import sample_rows
+    from diffuspeech.sampling.kernels.sampling_triton import sample_rows_triton
+    from diffuspeech.sampling.kernels.sampling import sample_rows
     inputs = torch.load(sys.argv[1], weights_only=True)
     x, lo, hi = inputs["logits"], inputs["lo"], inputs["hi"]
     out = {}

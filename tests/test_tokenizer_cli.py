@@ -14,10 +14,10 @@ from transformers import HubertConfig, HubertModel
 
 from diffuspeech import build_component
 from diffuspeech.cli import main
-from diffuspeech.espeak import synthesize
+from diffuspeech.recipes.arith.espeak import synthesize
 from diffuspeech.mel import MelConfig
 from diffuspeech.plugins.tokenizers.mel_kmeans import MelKMeansTokenizer
-from diffuspeech.plugins.tokenizers.quantizers import load_centroids
+from diffuspeech.quantizers import load_centroids
 from diffuspeech.unit_store import UnitStore
 
 TEXTS = {
@@ -200,7 +200,7 @@ def test_convert_a_real_scikit_learn_pickle(tmp_path):
     joblib.dump(km, tmp_path / "km.bin")
     out = tmp_path / "km.safetensors"
     assert main(["convert-quantizer", str(tmp_path / "km.bin"), "--out", str(out), "--trust-pickle"]) == 0
-    from diffuspeech.plugins.tokenizers.quantizers import KMeansQuantizer
+    from diffuspeech.quantizers import KMeansQuantizer
 
     q = KMeansQuantizer.from_file(out)
     assert np.allclose(q.centroids.numpy(), km.cluster_centers_, atol=1e-6)

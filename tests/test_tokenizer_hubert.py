@@ -13,7 +13,7 @@ from diffuspeech import ConfigError, build_component
 from diffuspeech.audio import chunk_spans
 from diffuspeech.mel import MelConfig
 from diffuspeech.plugins.tokenizers.hubert import HubertTokenizer
-from diffuspeech.plugins.tokenizers.quantizers import LinearQuantizer, QuantizerError, save_centroids
+from diffuspeech.quantizers import LinearQuantizer, QuantizerError, save_centroids
 
 HIDDEN = 32
 SMALL = dict(

@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from diffuspeech import build_component
-from diffuspeech.plugins.vocoders.checks import VocoderInputError
-from diffuspeech.plugins.vocoders.unit_hifigan_formats import CheckpointError
+from diffuspeech.vocoder import VocoderInputError
+from diffuspeech.plugins.vocoders.unit_hifigan.formats import CheckpointError
 
 NUM_UNITS = 12
 

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from diffuspeech import build_component, load_config
 from diffuspeech.mel import MelConfig, log_mel
-from diffuspeech.plugins.vocoders.checks import VocoderCompatibilityError, VocoderInputError
+from diffuspeech.vocoder import VocoderCompatibilityError, VocoderInputError
 from diffuspeech.plugins.vocoders.griffinlim import CentroidsFileError
 
 MEL = MelConfig()  # 16 kHz, hop 640 (25 Hz), 80 mels

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from diffuspeech import build_component
 from diffuspeech.audio import write_audio
 from diffuspeech.cli import main
-from diffuspeech.plugins.vocoders.unit_hifigan_arch import preset
-from diffuspeech.vocoder_training import (
+from diffuspeech.plugins.vocoders.unit_hifigan.arch import preset
+from diffuspeech.plugins.vocoders.unit_hifigan.train import (
     SegmentSampler,
     VocoderTrainConfig,
     VocoderTrainer,

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 
 from ..compose import build_component
-from ..generation import CanvasSpec, DecodeOptions, generate
+from ..sampling.generation import CanvasSpec, generate
+from ..sampling.options import DecodeOptions
 from . import device_name
 
-DESCRIPTION = "Fast-dLLM prefix/dual KV cache vs full forwards: speed and agreement (and accuracy with --model)"
 MODES = ("none", "prefix", "dual")
 
 
@@ -98,7 +98,7 @@ def _synthetic(args, device: torch.device) -> dict[str, Any]:
 
 
 def _model(args, device: torch.device) -> dict[str, Any]:
-    from ..commands.generate import load_pipeline
+    from ..pipeline import Pipeline
     from ..formats import TARGET, split_targets
 
     data = Path(args.data)
@@ -106,7 +106,7 @@ def _model(args, device: torch.device) -> dict[str, Any]:
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest} not found: pass --data, a corpus folder holding {args.split}.jsonl")
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()][: args.limit]
-    pipe = load_pipeline(args.model, [], str(device))
+    pipe = Pipeline.from_pretrained(args.model, device=str(device))
     model, task = pipe.model, pipe.task("s2s")
     lengths = {s.field: s.max_len for s in task.segments if s.role == TARGET}
     num_blocks = math.ceil(sum(lengths.values()) / args.model_block_length)  # every row has the same target budget

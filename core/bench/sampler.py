@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import Backbone
-from ..generation import CanvasSpec, DecodeOptions, _sample_candidates, generate
+from ..sampling.generation import CanvasSpec, _sample_candidates, generate
+from ..sampling.options import DecodeOptions
 from . import device_name
 
-DESCRIPTION = "sampling step (output head + selection) vs LLaDA's reference generate(); fused kernel on GPU"
 VOCAB = 126_973
 MASK_ID = 126_336
 
@@ -192,7 +192,7 @@ def _peak_bandwidth(device: torch.device) -> float | None:
 
 @torch.no_grad()
 def _gpu_kernel(args) -> dict[str, Any]:
-    from ..kernels.sampling import sample_rows
+    from ..sampling.kernels.sampling import sample_rows
 
     device = torch.device("cuda")
     rows = args.gpu_rows

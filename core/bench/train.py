@@ -14,8 +14,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-DESCRIPTION = "training step: LM head on masked positions only vs the whole canvas (126,973-id vocabulary)"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -31,15 +29,16 @@ def measure(device: str, batch: int, length: int, vocab: int, steps: int, thread
     import torch
 
     from diffuspeech.compose import build_component
-    from diffuspeech.objective import masked_cross_entropy
-    from diffuspeech.plugins.backbones.llada import LLaDABackbone
+    from diffuspeech.training.losses import masked_cross_entropy
 
     from ._memory import PeakTensorMemory
 
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
-    backbone = LLaDABackbone(LLaDABackbone.Config(preset="tiny", vocab_size=vocab, max_sequence_length=length, seed=0, device=device))
+    backbone = build_component(
+        "backbones", {"name": "llada", "preset": "tiny", "vocab_size": vocab, "max_sequence_length": length, "seed": 0, "device": device}
+    )
     scheduler, noiser = build_component("schedulers", "linear"), build_component("noisers", "iid")
     mask_id = vocab - 1
     opt = torch.optim.AdamW(backbone.parameters(), lr=1e-5, fused=True)  # as the trainer (build_optimizer)

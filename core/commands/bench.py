@@ -1,29 +1,24 @@
-"""``diffuspeech bench NAME [--json]``: benchmarks from ``diffuspeech.bench``."""
+"""``diffuspeech bench NAME [--json]``: the benchmarks registered through ``register_benches``."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import pkgutil
 
-from .. import bench
+from ..registry import get_registry, resolve_ref
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="run a benchmark and print its figures (JSON with --json)")
+def configure(p) -> None:
     bsub = p.add_subparsers(dest="bench_name", metavar="NAME", required=True)
-    for info in sorted(pkgutil.iter_modules(bench.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{bench.__name__}.{info.name}")
-        b = bsub.add_parser(info.name, help=getattr(module, "DESCRIPTION", ""))
+    for reg in get_registry().registrations("benches"):
+        b = bsub.add_parser(reg.name, help=reg.info.get("help", ""), description=reg.info.get("help", ""))
         b.add_argument("--json", action="store_true", help="print one JSON line")
-        module.add_arguments(b)
-        b.set_defaults(func=run, bench_module=module)
+        if reg.info.get("add_arguments") is not None:
+            resolve_ref(reg.info["add_arguments"])(b)
+        b.set_defaults(func=run, bench_run=reg.cls)
 
 
 def run(args) -> int:
-    result = args.bench_module.run(args)
+    result = resolve_ref(args.bench_run)(args)
     if args.json:
         print(json.dumps(result))
     else:

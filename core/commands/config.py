@@ -7,17 +7,21 @@ from omegaconf import OmegaConf
 from ..compose import load_config, validate_config
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("config", help="validate or print a config (with dotlist overrides)")
-    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    for action, help_text in (
-        ("validate", "check every component and section without building models"),
-        ("show", "print the resolved config (after overrides)"),
-    ):
-        a = csub.add_parser(action, help=help_text)
-        a.add_argument("file", help="YAML config")
-        a.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. scheduler.speech.name=linear")
-        a.set_defaults(func=run)
+
+
+def configure_validate(p) -> None:
+    _arguments(p)
+    p.set_defaults(func=run, config_command="validate")
+
+
+def configure_show(p) -> None:
+    _arguments(p)
+    p.set_defaults(func=run, config_command="show")
+
+
+def _arguments(p) -> None:
+    p.add_argument("file", help="YAML config")
+    p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. scheduler.speech.name=linear")
 
 
 def run(args) -> int:

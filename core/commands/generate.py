@@ -2,7 +2,7 @@
 
 Prints one JSON line per input with the keys ``input``, ``thinking``, ``text`` and ``audio``
 (the path of the written wav, or null when the task has no speech output). The default
-model is the embedded one (``diffuspeech.assets``).
+model is the embedded one (``diffuspeech.recipes.arith.models``).
 """
 
 from __future__ import annotations
@@ -13,17 +13,16 @@ from pathlib import Path
 
 import torch
 
-from ..assets import MODEL_HELP
+from ..model import model_help
 from ..audio import AudioError, write_audio
 from ..formats import TARGET
 from ..modality import SPEECH, TEXT
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("generate", help="run a task (s2s, s2t, asr, tts, ...) on wav files or text")
+def configure(p) -> None:
     p.add_argument("inputs", nargs="*", help="input wav files (speech-input tasks)")
     p.add_argument("--task", required=True, help="task name from the model's config, e.g. s2s, s2t, asr, tts")
-    p.add_argument("--model", help=MODEL_HELP)
+    p.add_argument("--model", help=model_help())
     p.add_argument("--out-dir", default="generated", help="where <stem>.wav files are written (default ./generated)")
     p.add_argument("--text", action="append", default=[], help="input text (text-input tasks; repeat for several)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's generation.steps)")
@@ -40,16 +39,6 @@ def add_parser(sub) -> None:
         help="config overrides key=value (e.g. sampler.name=threshold); positional args containing '=' are overrides",
     )
     p.set_defaults(func=run)
-
-
-def load_pipeline(model_dir: str | None, overrides: list[str], device: str = "cpu", allow_version_mismatch: bool = False):
-    from ..assets import resolve_model_dir
-    from ..model import SpeechDiffusionModel
-    from ..pipeline import Pipeline
-
-    path = resolve_model_dir(model_dir)
-    model = SpeechDiffusionModel.load(path, overrides=overrides, allow_version_mismatch=allow_version_mismatch)
-    return Pipeline(model, device=device)
 
 
 def _first_target(task, modality: str, skip: tuple[str, ...] = ()) -> str | None:
@@ -73,7 +62,9 @@ def unique_stem(stem: str, used: set[str]) -> str:
 def run(args) -> int:
     overrides = [o for o in args.inputs if "=" in o and not Path(o).exists()] + list(args.overrides)
     inputs = [i for i in args.inputs if i not in overrides]
-    pipe = load_pipeline(args.model, overrides, args.device, args.allow_version_mismatch)
+    from ..pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.model, overrides, args.device, args.allow_version_mismatch)
     task = pipe.task(args.task)
     conditions = [s for s in task.segments if s.role != TARGET]
     speech_in = [s for s in conditions if s.modality == SPEECH]

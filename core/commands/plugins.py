@@ -7,8 +7,7 @@ import json
 from ..registry import KINDS, get_registry
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("plugins", help="list registered components by kind, and plugins that failed to load")
+def configure(p) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -28,7 +27,7 @@ def run(args) -> int:
         if not regs:
             print("  (none)")
         for r in regs:
-            print(f"  {r.name:<20} {r.package} {r.version}  [{r.cls.__module__}.{r.cls.__qualname__}]")
+            print(f"  {r.name:<20} {r.package} {r.version}  [{r.as_dict()['class']}]")
     if registry.failures:
         print("failed plugins:")
         for f in registry.failures:

@@ -17,17 +17,16 @@ from ..audio import is_silent
 from ..compose import ConfigError
 from ..registry import get_registry
 from ..unit_store import FAILED_FILE, UnitStoreWriter
-from ._tokenizer_cli import allow_intermixed, build_tokenizer, load_batches, pad_batch, read_manifest, tokenizer_node
+from .audio_inputs import allow_intermixed, build_tokenizer, load_batches, pad_batch, read_manifest, tokenizer_node
 
 EXIT_SOME_FAILED = 3
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "tokenize",
-        help="turn the audio of a JSONL manifest into unit shards + index.jsonl (resumable)",
-        description=__doc__.split("\n\n", 1)[1],
-    )
+DESCRIPTION = __doc__.split("\n\n", 1)[1]
+
+
+def configure(p) -> None:
+    p.description = DESCRIPTION  # the module's usage notes
     p.add_argument("manifest", help="JSONL file with 'id' and 'audio' on each line")
     p.add_argument("--out", required=True, help="output folder (created; reused to resume)")
     p.add_argument("--tokenizer-config", help="YAML with a 'tokenizer:' section (or just the tokenizer node)")

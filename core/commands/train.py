@@ -11,8 +11,7 @@ import os
 import sys
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a model: stages, checkpoints, --resume; single process or torchrun")
+def configure(p) -> None:
     p.add_argument("config", help="YAML config with model sections plus `train:` and `data:`")
     p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. data.manifest=data/train.jsonl train.stages.0.steps=50")
     p.add_argument("--out", default=None, help="run folder (default: train.out, else runs/<config name>)")
@@ -21,8 +20,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..data import DataError
-    from ..training import train
+    from ..training.data import DataError
+    from ..training.trainer import train
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(

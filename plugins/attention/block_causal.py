@@ -10,9 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from diffuspeech.attention import AttentionPolicy
+from diffuspeech.attention import AttentionPolicy, apply_padding, check_inputs, position_grid
 
-from ._masks import apply_padding, check_inputs, position_grid
 
 
 class BlockCausalAttention(AttentionPolicy):

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from diffuspeech.attention import AttentionPolicy
+from diffuspeech.attention import AttentionPolicy, apply_padding, check_inputs
 from diffuspeech.modality import MODALITY_CODE, SPEECH
 
-from ._masks import apply_padding, check_inputs
 
 
 def speech_span_end(is_speech: torch.Tensor) -> torch.Tensor:

@@ -17,10 +17,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from diffuspeech.backbone import Backbone
+from diffuspeech.backbone import INITS, Backbone, check_attention_mask, parse_dtype, resized_rows
 
-from .llada import check_attention_mask, parse_dtype
-from .resize import INITS, resized_rows
 
 # Shape of a fresh model when no path is given (~0.6 M parameters), overridable field by field.
 TINY_DEFAULTS: dict[str, Any] = dict(

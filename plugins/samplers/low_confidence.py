@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffuspeech.kernels.selection import topk_mask
+from diffuspeech.sampler import topk_mask
 from diffuspeech.sampler import Sampler
 
 

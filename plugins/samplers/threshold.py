@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from diffuspeech.kernels.selection import topk_mask
+from diffuspeech.sampler import topk_mask
 from diffuspeech.sampler import Sampler
 
 

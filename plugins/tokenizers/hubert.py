@@ -23,8 +23,8 @@ import torch
 
 from diffuspeech.audio import chunk_spans
 
-from .base import FeatureTokenizer
-from .quantizers import KMeansQuantizer, QuantizerError, load_quantizer
+from diffuspeech.feature_tokenizer import FeatureTokenizer
+from diffuspeech.quantizers import KMeansQuantizer, QuantizerError, load_quantizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 POOLS = ("auto", "pair", "none")

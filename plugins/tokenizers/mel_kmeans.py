@@ -21,8 +21,8 @@ import torch
 
 from diffuspeech.mel import MelConfig, log_mel, mel_transform
 
-from .base import FeatureTokenizer
-from .quantizers import KMeansQuantizer, QuantizerError
+from diffuspeech.feature_tokenizer import FeatureTokenizer
+from diffuspeech.quantizers import KMeansQuantizer, QuantizerError
 
 KIND = "mel_kmeans"
 

@@ -24,9 +24,8 @@ import torchaudio
 from safetensors import safe_open
 
 from diffuspeech.mel import MelConfig
-from diffuspeech.vocoder import Vocoder
+from diffuspeech.vocoder import Vocoder, check_compatible, validate_units
 
-from .checks import check_compatible, validate_units
 
 
 class CentroidsFileError(ValueError):

@@ -1,0 +1,2 @@
+"""The ``llada`` backbone: architecture (``arch``), layers, the network (``backbone``), the
+official checkpoint format (``checkpoint``) and its bench."""

@@ -1,0 +1,37 @@
+"""The spoken-arithmetic recipe: the embedded default model and everything that made it.
+
+    corpus.py        questions, voices and the espeak-ng corpus (``recipe arith prepare``)
+    train.py         units, vocoder-free assets and the staged training (``recipe arith train``)
+    evaluate.py      ``eval arith``: spoken-answer accuracy, thinking exact, ASR WER, ceilings
+    judge.py         the pocketsphinx number-word judge; espeak.py, number_words.py its helpers
+    demo.py          ``diffuspeech demo``
+    models/          the embedded models (``--model arith | arith-mdm | arith-ar``)
+
+Its dependencies (espeakng-loader, pocketsphinx, scipy, matplotlib, jiwer) are the
+``diffuspeech[arith]`` extra; the hooks below import none of them.
+"""
+
+from diffuspeech.hookspecs import hookimpl
+
+from . import models
+
+
+@hookimpl
+def register_commands(register):
+    register("demo", "diffuspeech.recipes.arith.demo:configure",
+             help="the main job: ask the embedded model a spoken question, get a thought and a spoken answer")
+    register("eval arith", "diffuspeech.recipes.arith.eval_command:configure",
+             help="spoken-answer accuracy, thinking exact match, S2T, ASR WER, TTS, ceilings")
+    register("recipe arith", "diffuspeech.recipes.arith.recipe_command:configure",
+             help="the spoken-arithmetic default model: `prepare` the corpus, `train` the models")
+
+
+@hookimpl
+def register_benches(register):
+    register("judge", "diffuspeech.recipes.arith.bench:run", add_arguments="diffuspeech.recipes.arith.bench:add_arguments",
+             help="pocketsphinx number judge: assistant-voice accuracy, noise false accepts, latency")
+
+
+@hookimpl
+def register_models(register):
+    models.register(register)
