@@ -121,7 +121,7 @@ def fit_kmeans(
     inertia = float("inf")
     it = 0
     counts = torch.zeros(k, device=x.device)
-    for it in range(1, iters + 1):
+    for it in range(1, iters + 1):  # noqa: B007 - `it` (iterations run) is reported after the loop
         ids, dist = _assign(x, centroids, chunk_size)
         inertia = float(dist.sum())
         counts = torch.bincount(ids, minlength=k).to(x.dtype)  # [K]

@@ -33,7 +33,7 @@ class MelConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "MelConfig":
+    def from_json(cls, text: str) -> MelConfig:
         return cls(**json.loads(text))
 
 

@@ -18,7 +18,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from .atomic import atomic_folder
 from .compose import COMPONENT_SECTIONS, ConfigError, build_component, load_config, validate_config
 from .formats import TaskSpec, parse_tasks
 from .registry import RegistryError, get_registry
@@ -76,7 +76,7 @@ class SpeechDiffusionModel:
                 self.components[section] = build_component(kind, self.config[section], section)
 
     @classmethod
-    def from_config_file(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "SpeechDiffusionModel":
+    def from_config_file(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SpeechDiffusionModel:
         return cls(load_config(path, overrides), base_dir=Path(path).parent)
 
     def __getattr__(self, name: str) -> Any:
@@ -136,9 +136,7 @@ class SpeechDiffusionModel:
     def save(self, directory: str | Path, copy_assets: bool = True, extra: dict[str, Any] | None = None) -> Path:
         """Write the model folder atomically (a crash never leaves a half-written folder)."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_folder(directory) as tmp:
             data = OmegaConf.to_container(self.config, resolve=True)
             if copy_assets:
                 (tmp / ASSETS).mkdir()
@@ -166,22 +164,10 @@ class SpeechDiffusionModel:
             if extra:
                 prov.update(extra)
             (tmp / PROVENANCE).write_text(json.dumps(prov, indent=2) + "\n")
-            if directory.exists():
-                backup = directory.with_name(f".{directory.name}.old")
-                if backup.exists():
-                    shutil.rmtree(backup)
-                directory.rename(backup)
-                tmp.rename(directory)
-                shutil.rmtree(backup)
-            else:
-                tmp.rename(directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, overrides: list[str] | tuple[str, ...] = (), allow_version_mismatch: bool = False) -> "SpeechDiffusionModel":
+    def load(cls, directory: str | Path, overrides: list[str] | tuple[str, ...] = (), allow_version_mismatch: bool = False) -> SpeechDiffusionModel:
         """Recompose a saved model from its provenance record and load its weights."""
         directory = Path(directory)
         for name in (CONFIG, PROVENANCE, WEIGHTS):

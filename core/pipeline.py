@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -28,7 +29,6 @@ from .objective import mode_mismatch_note
 from .registry import RegistryError, get_registry
 from .sampling.generation import CanvasSpec, GenerationResult, StepInfo, generate
 from .sampling.options import DecodeOptions, GenerationError, check_options
-
 
 SpeechInput = Union[str, Path, torch.Tensor]
 
@@ -86,7 +86,7 @@ class Pipeline:
         overrides: list[str] | tuple[str, ...] = (),  # dotlist config overrides, e.g. ["generation.steps=8"]
         device: str | torch.device = "cpu",
         allow_version_mismatch: bool = False,
-    ) -> "Pipeline":
+    ) -> Pipeline:
         """Load a saved (or registered, e.g. embedded) model and wrap it in a pipeline."""
         path = resolve_model_dir(None if model is None else str(model))
         loaded = SpeechDiffusionModel.load(path, overrides=list(overrides), allow_version_mismatch=allow_version_mismatch)

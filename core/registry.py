@@ -18,9 +18,9 @@ import inspect
 import os
 import re
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, is_dataclass
-from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pluggy
 
@@ -44,7 +44,7 @@ class Kind:
     name: str  # plural, e.g. "tokenizers"
     hook: str  # hook name, e.g. "register_tokenizers"
     base: Optional[type] = None  # components: every registered class must subclass this
-    check: Optional[Callable[["Kind", str, Any, dict], None]] = None  # extensions: validates (name, object, info)
+    check: Optional[Callable[[Kind, str, Any, dict], None]] = None  # extensions: validates (name, object, info)
     info_keys: tuple[str, ...] = ()  # extensions: keyword arguments register() accepts
 
     @property
@@ -71,7 +71,7 @@ def resolve_ref(obj: Any) -> Any:
     return target
 
 
-def _check_command(kind: "Kind", name: Any, obj: Any, info: dict) -> None:
+def _check_command(kind: Kind, name: Any, obj: Any, info: dict) -> None:
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*( [a-z0-9][a-z0-9_-]*)*", name):
         raise RegistryError(f"invalid command name {name!r}: lower-case words of letters, digits, '-' or '_', separated by one space")
     if not _is_callable_ref(obj):
@@ -80,7 +80,7 @@ def _check_command(kind: "Kind", name: Any, obj: Any, info: dict) -> None:
         )
 
 
-def _check_bench(kind: "Kind", name: Any, obj: Any, info: dict) -> None:
+def _check_bench(kind: Kind, name: Any, obj: Any, info: dict) -> None:
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
         raise RegistryError(f"invalid bench name {name!r}: letters, digits, '-' or '_'")
     if not _is_callable_ref(obj):
@@ -89,7 +89,7 @@ def _check_bench(kind: "Kind", name: Any, obj: Any, info: dict) -> None:
         raise RegistryError(f"bench {name!r}: add_arguments must be a callable(parser) or 'module:function'")
 
 
-def _check_model(kind: "Kind", name: Any, obj: Any, info: dict) -> None:
+def _check_model(kind: Kind, name: Any, obj: Any, info: dict) -> None:
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise RegistryError(f"invalid model name {name!r}: letters, digits, '.', '-' or '_'")
     if not isinstance(obj, (str, os.PathLike)):

@@ -13,7 +13,6 @@ import torch
 
 from .component import Component
 
-
 __all__ = ["Sampler", "topk_mask"]
 
 

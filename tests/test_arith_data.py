@@ -14,8 +14,6 @@ import pytest
 
 from diffuspeech.audio import load_audio
 from diffuspeech.cli import main
-from diffuspeech.recipes.arith.espeak import get_espeak
-from diffuspeech.recipes.arith.number_words import NUMBER_WORDS, number_to_words, words_to_number
 from diffuspeech.recipes.arith.corpus import (
     EXCLUDED_VARIANTS,
     RESERVED_VOICES,
@@ -28,6 +26,8 @@ from diffuspeech.recipes.arith.corpus import (
     read_manifest,
     usable_variants,
 )
+from diffuspeech.recipes.arith.espeak import get_espeak
+from diffuspeech.recipes.arith.number_words import NUMBER_WORDS, number_to_words, words_to_number
 
 FIELDS = {
     "id", "task", "split", "question_audio", "question_text", "thinking", "answer_text",

@@ -12,14 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffuspeech.sampling.autoregressive import ARDecodeOptions, ar_decode
-from diffuspeech.compose import ConfigError, build_component
-from diffuspeech.sampling.generation import CanvasSpec, GenerationError
-from diffuspeech.model import SpeechDiffusionModel
 from diffuspeech.attention import check_causal_policy
+from diffuspeech.compose import ConfigError, build_component
+from diffuspeech.model import SpeechDiffusionModel
 from diffuspeech.objective import ObjectiveContext, build_objective
-from diffuspeech.plugins.objectives.autoregressive import AutoregressiveObjective
 from diffuspeech.pipeline import Pipeline
+from diffuspeech.plugins.objectives.autoregressive import AutoregressiveObjective
+from diffuspeech.sampling.autoregressive import ARDecodeOptions, ar_decode
+from diffuspeech.sampling.generation import CanvasSpec, GenerationError
 from diffuspeech.training.trainer import train
 
 V = 48
@@ -117,7 +117,7 @@ def reference_greedy(model, canvas: CanvasSpec):
 def make_canvas(cond_lengths=(3, 6, 4), seg_lengths=(5, 7), seed=0) -> CanvasSpec:
     """Rows: [cond..., start0, masks (segment 0, ids 0..9, end 9), start1, masks (segment 1, ids 10..46, end 10)], right-padded."""
     g = torch.Generator().manual_seed(seed)
-    rows, segs, los, his = [], [], [], []
+    rows = []
     for c in cond_lengths:
         ids = torch.randint(0, 40, (c,), generator=g).tolist() + [44]
         seg = [-1] * (c + 1)

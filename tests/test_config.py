@@ -23,7 +23,8 @@ def test_unknown_component_name_lists_registered_and_nearest(tmp_path):
 
 
 def test_unknown_key_lists_valid_keys():
-    with pytest.raises(ConfigError, match=r"^scheduler.speech_dealy: unknown key for schedulers 'per_modality'; valid keys: speech, speech_delay, text\. Did you mean 'speech_delay'\?"):
+    expected = r"^scheduler.speech_dealy: unknown key for schedulers 'per_modality'; valid keys: speech, speech_delay, text\. Did you mean 'speech_delay'\?"
+    with pytest.raises(ConfigError, match=expected):
         validate_config({"scheduler": {"name": "per_modality", "speech_dealy": 0.1}})
 
 

@@ -10,10 +10,10 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
-from diffuspeech.training.batching import MixtureBatcher, normalise_mixture, shard
 from diffuspeech.compose import ConfigError, load_config, validate_config
-from diffuspeech.training.data import DataConfig, DataError, SpeechResolver, load_examples, speech_resolver
 from diffuspeech.formats import DEFAULT_TASKS, parse_tasks
+from diffuspeech.training.batching import MixtureBatcher, normalise_mixture, shard
+from diffuspeech.training.data import DataConfig, DataError, SpeechResolver, load_examples, speech_resolver
 from diffuspeech.training.trainer import Trainer
 from diffuspeech.unit_store import UnitStoreWriter
 from diffuspeech.vocab import Vocab, VocabConfig
@@ -105,7 +105,7 @@ def test_bad_rows_stop_with_a_clear_error(tmp_path, vocab, tasks, bad, reason):
     with pytest.raises(DataError) as err:
         load(path, vocab, tasks, on_bad_row="error")
     message = str(err.value)
-    assert f"m.jsonl:2 (id " in message and "data.on_bad_row=skip" in message
+    assert "m.jsonl:2 (id " in message and "data.on_bad_row=skip" in message
 
 
 def test_unit_store_and_audio_references(tmp_path, vocab, tasks):

@@ -6,15 +6,14 @@ import random
 import pytest
 import torch
 
-from diffuspeech.compose import ConfigError
-from diffuspeech.model import registered_model_dir, registered_models, resolve_model_dir
 from diffuspeech.cli import main
-from diffuspeech.recipes.arith.espeak import get_espeak, locate_espeak
-from diffuspeech.recipes.arith.judge import get_judge, resample_to
-from diffuspeech.model import SpeechDiffusionModel
-from diffuspeech.recipes.arith.number_words import number_to_words
+from diffuspeech.compose import ConfigError
+from diffuspeech.model import SpeechDiffusionModel, registered_model_dir, registered_models, resolve_model_dir
 from diffuspeech.pipeline import Pipeline
 from diffuspeech.recipes.arith.corpus import ArithCorpusConfig, all_questions, near_reserved, plan_corpus
+from diffuspeech.recipes.arith.espeak import get_espeak, locate_espeak
+from diffuspeech.recipes.arith.judge import get_judge, resample_to
+from diffuspeech.recipes.arith.number_words import number_to_words
 
 N_QUESTIONS = 16
 

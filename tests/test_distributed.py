@@ -8,10 +8,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
-
-from diffuspeech.training.trainer import Trainer
 from synthetic_manifest import arithmetic_rows, write_manifest
 from test_training import CONFIGS, losses, tiny_config
+
+from diffuspeech.training.trainer import Trainer
 
 STRATEGIES = ("ddp", "fsdp")
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from diffuspeech.backbone import Backbone
 from diffuspeech.compose import ConfigError, build_component
-from diffuspeech.sampling.generation import CanvasSpec, DecodeOptions, GenerationError, StepInfo, even_split_counts, generate
 from diffuspeech.modality import MODALITY_CODE
-from torch import nn
+from diffuspeech.sampling.generation import CanvasSpec, DecodeOptions, GenerationError, StepInfo, even_split_counts, generate
 
 VOCAB = 48
 MASK = 47

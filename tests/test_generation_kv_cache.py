@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from diffuspeech.backbone import Backbone
 from diffuspeech.compose import build_component
+from diffuspeech.modality import MODALITY_CODE
 from diffuspeech.sampling.generation import CanvasSpec, DecodeOptions, GenerationError, generate
 from diffuspeech.sampling.kv_cache import BlockForward, block_window, supports_kv_cache
-from diffuspeech.modality import MODALITY_CODE
 
 VOCAB = 96
 MASK = 95

@@ -12,16 +12,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffuspeech.sampling.autoregressive import ARDecodeOptions, ar_decode
+from diffuspeech.attention import check_hybrid_policy, sees_only_past
 from diffuspeech.compose import ConfigError, build_component
-from diffuspeech.sampling.generation import CanvasSpec, DecodeOptions, GenerationError, generate
-from diffuspeech.sampling.hybrid import hybrid_decode
 from diffuspeech.modality import MODALITY_CODE
 from diffuspeech.model import SpeechDiffusionModel
-from diffuspeech.attention import check_hybrid_policy, sees_only_past
 from diffuspeech.objective import ObjectiveContext, build_objective
-from diffuspeech.plugins.objectives.hybrid import HybridObjective
 from diffuspeech.pipeline import Pipeline
+from diffuspeech.plugins.objectives.hybrid import HybridObjective
+from diffuspeech.sampling.autoregressive import ARDecodeOptions, ar_decode
+from diffuspeech.sampling.generation import CanvasSpec, DecodeOptions, GenerationError, generate
+from diffuspeech.sampling.hybrid import hybrid_decode
 from diffuspeech.training.losses import sample_time
 from diffuspeech.training.trainer import train
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from diffuspeech.recipes.arith.corpus import ASSISTANT_PITCH, ASSISTANT_SPEED, ASSISTANT_VOICE
 from diffuspeech.recipes.arith.espeak import get_espeak
 from diffuspeech.recipes.arith.judge import get_judge, judge, number_grammar
 from diffuspeech.recipes.arith.number_words import NUMBER_WORDS
-from diffuspeech.recipes.arith.corpus import ASSISTANT_PITCH, ASSISTANT_SPEED, ASSISTANT_VOICE
 
 
 @pytest.fixture(scope="module")

@@ -59,11 +59,11 @@ class TinyEncoder(Backbone):
 
 def forward_process(input_ids, generator, eps=1e-3):
     """LLaDA's forward process, with an explicit generator."""
-    b, l = input_ids.shape
+    b, length = input_ids.shape
     t = torch.rand(b, generator=generator)
     p_mask = (1 - eps) * t + eps
-    p_mask = p_mask[:, None].repeat(1, l)
-    masked_indices = torch.rand((b, l), generator=generator) < p_mask
+    p_mask = p_mask[:, None].repeat(1, length)
+    masked_indices = torch.rand((b, length), generator=generator) < p_mask
     noisy_batch = torch.where(masked_indices, MASK, input_ids)
     return noisy_batch, masked_indices, p_mask
 

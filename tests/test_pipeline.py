@@ -6,8 +6,8 @@ the JSON contract of the CLI, and clear errors for bad input files.
 """
 
 import json
-from pathlib import Path
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +17,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from diffuspeech.audio import speed_perturb
 from diffuspeech.cli import main
+from diffuspeech.compose import ConfigError
 from diffuspeech.mel import MelConfig
 from diffuspeech.model import SpeechDiffusionModel
-from diffuspeech.compose import ConfigError
 from diffuspeech.pipeline import Pipeline, PipelineOutput
 from diffuspeech.quantizers import save_centroids
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from diffuspeech.registry import Registry, RegistryError, reset_registry
+from diffuspeech.registry import Registry, RegistryError
 
 
 def make_dist(site: Path, dist: str, version: str, modules: dict[str, str], entry_points: dict[str, str]) -> None:

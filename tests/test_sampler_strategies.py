@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from diffuspeech.compose import ConfigError, build_component
-from diffuspeech.sampler import topk_mask
 from diffuspeech.registry import get_registry
+from diffuspeech.sampler import topk_mask
 
 INF = float("-inf")
 CONF = torch.tensor(

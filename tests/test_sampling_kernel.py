@@ -13,6 +13,7 @@ import textwrap
 
 import pytest
 import torch
+
 from diffuspeech.sampling.kernels.sampling import gumbel_from_uniform, resolve_backend, sample_rows, sample_rows_torch
 
 V = 300

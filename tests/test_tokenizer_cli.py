@@ -14,10 +14,10 @@ from transformers import HubertConfig, HubertModel
 
 from diffuspeech import build_component
 from diffuspeech.cli import main
-from diffuspeech.recipes.arith.espeak import synthesize
 from diffuspeech.mel import MelConfig
 from diffuspeech.plugins.tokenizers.mel_kmeans import MelKMeansTokenizer
 from diffuspeech.quantizers import load_centroids
+from diffuspeech.recipes.arith.espeak import synthesize
 from diffuspeech.unit_store import UnitStore
 
 TEXTS = {

@@ -9,11 +9,11 @@ from scipy.cluster.vq import vq
 
 from diffuspeech import build_component
 from diffuspeech.audio import load_audio, resample, write_audio
-from diffuspeech.recipes.arith.espeak import synthesize
 from diffuspeech.kmeans import fit_kmeans
 from diffuspeech.mel import MelConfig, log_mel
 from diffuspeech.plugins.tokenizers.mel_kmeans import MelKMeansTokenizer
 from diffuspeech.quantizers import QuantizerError, load_centroids, save_centroids
+from diffuspeech.recipes.arith.espeak import synthesize
 
 
 def speech(text: str, voice: str = "en-us+f2") -> torch.Tensor:

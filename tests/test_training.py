@@ -7,13 +7,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
+from synthetic_manifest import arithmetic_rows, write_manifest
 
-from diffuspeech.training import checkpoint as ckpt_mod
 from diffuspeech.cli import main
 from diffuspeech.compose import ConfigError, load_config
 from diffuspeech.model import SpeechDiffusionModel
+from diffuspeech.training import checkpoint as ckpt_mod
 from diffuspeech.training.trainer import Trainer
-from synthetic_manifest import arithmetic_rows, write_manifest
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from diffuspeech import build_component
-from diffuspeech.vocoder import VocoderInputError
 from diffuspeech.plugins.vocoders.unit_hifigan.formats import CheckpointError
+from diffuspeech.vocoder import VocoderInputError
 
 NUM_UNITS = 12
 

@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 from diffuspeech import build_component, load_config
 from diffuspeech.mel import MelConfig, log_mel
-from diffuspeech.vocoder import VocoderCompatibilityError, VocoderInputError
 from diffuspeech.plugins.vocoders.griffinlim import CentroidsFileError
+from diffuspeech.vocoder import VocoderCompatibilityError, VocoderInputError
 
 MEL = MelConfig()  # 16 kHz, hop 640 (25 Hz), 80 mels
 

@@ -27,7 +27,6 @@ SMALL_ARCH = ["--arch", "upsample_initial_channel=16", "--arch", "resblock_kerne
 
 def tone_units(i: int, frames: int) -> tuple[torch.Tensor, list[int]]:
     """A two-tone utterance whose unit is the active tone (0/1) plus a per-file offset."""
-    t = torch.arange(frames * HOP) / 16000
     which = (torch.arange(frames) // 3) % 2  # switch tone every 3 frames
     freq = torch.where(which.repeat_interleave(HOP) == 0, torch.tensor(300.0 + 50 * i), torch.tensor(900.0))
     wav = 0.4 * torch.sin(2 * torch.pi * torch.cumsum(freq, 0) / 16000)

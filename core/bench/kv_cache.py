@@ -98,8 +98,8 @@ def _synthetic(args, device: torch.device) -> dict[str, Any]:
 
 
 def _model(args, device: torch.device) -> dict[str, Any]:
-    from ..pipeline import Pipeline
     from ..formats import TARGET, split_targets
+    from ..pipeline import Pipeline
 
     data = Path(args.data)
     manifest = data / f"{args.split}.jsonl"

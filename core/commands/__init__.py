@@ -15,5 +15,6 @@ def register_commands(register):
     register("tokenize", "diffuspeech.commands.tokenize:configure", help="turn the audio of a JSONL manifest into unit shards + index.jsonl (resumable)")
     register("config validate", "diffuspeech.commands.config:configure_validate", help="check every component and section without building models")
     register("config show", "diffuspeech.commands.config:configure_show", help="print the resolved config (after overrides)")
-    register("plugins", "diffuspeech.commands.plugins:configure", help="list registered components, commands, benches and models, and plugins that failed to load")
+    register("plugins", "diffuspeech.commands.plugins:configure",
+             help="list registered components, commands, benches and models, and plugins that failed to load")
     register("bench", "diffuspeech.commands.bench:configure", help="run a benchmark and print its figures (JSON with --json)")

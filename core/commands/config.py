@@ -7,8 +7,6 @@ from omegaconf import OmegaConf
 from ..compose import load_config, validate_config
 
 
-
-
 def configure_validate(p) -> None:
     _arguments(p)
     p.set_defaults(func=run, config_command="validate")

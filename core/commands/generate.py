@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from ..model import model_help
 from ..audio import AudioError, write_audio
 from ..formats import TARGET
 from ..modality import SPEECH, TEXT
+from ..model import model_help
 
 
 def configure(p) -> None:

@@ -24,16 +24,16 @@ an early stop). Other backbones get a full forward per pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
 from ..attention import sees_only_past, states_before
-from ..backbone import Backbone, supports_kv_cache
+from ..backbone import Backbone, KVCache, supports_kv_cache
 from .generation import CanvasSpec, GenerationResult, StepInfo, _per_position, _per_segment
 from .kernels.sampling import resolve_backend, sample_rows
-from ..backbone import KVCache
 from .options import SAMPLING_BACKENDS, GenerationError
 
 __all__ = ["ARDecodeOptions", "ar_decode"]

@@ -45,8 +45,9 @@ temperature: such tokens are still proposed, and are revealed after all other ca
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 

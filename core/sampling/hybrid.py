@@ -17,7 +17,7 @@ of both phases; the trajectory numbers the text passes first, then the speech st
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

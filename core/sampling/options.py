@@ -25,7 +25,9 @@ class GenerationError(ValueError):
 
 @dataclass
 class DecodeOptions:
-    mode: str = "diffusion"  # "diffusion" | "autoregressive" (left to right, one token per pass; needs attention.name=causal) | "hybrid" (TtT: text left to right, then speech by diffusion; needs attention.name=hybrid or causal)
+    # "diffusion" | "autoregressive" (left to right, one token per pass; needs attention.name=causal)
+    # | "hybrid" (TtT: text left to right, then speech by diffusion; needs attention.name=hybrid or causal)
+    mode: str = "diffusion"
     steps: int = 32  # denoising steps in total over the blocks (the pipeline caps them at one per target token and rounds them up to whole steps per block)
     block_length: Optional[int] = None  # semi-autoregressive blocks over the targets (1 = strictly left to right); None = one block
     temperature: float = 0.0  # Gumbel-max temperature; 0 = greedy argmax
@@ -35,7 +37,9 @@ class DecodeOptions:
     seed: Optional[int] = 0  # sampling seed (reproducible outputs); None = a fresh draw
     backend: str = "auto"  # sampling kernel: auto (Triton on CUDA, torch elsewhere) | triton | torch
     kv_cache: str = "none"  # approximate KV cache within each block (Fast-dLLM): none | prefix | dual; needs block_length
-    speed_votes: list[float] = field(default_factory=list)  # decode copies of each speech condition played at these rates (e.g. [1.0, 0.9, 1.1]); the majority of the text targets wins, ties go to the first rate; [] = off
+    # decode copies of each speech condition played at these rates (e.g. [1.0, 0.9, 1.1]); the majority
+    # of the text targets wins, ties go to the first rate; [] = off
+    speed_votes: list[float] = field(default_factory=list)
     defer_ids: list[int] = field(default_factory=list)  # candidates with these ids get confidence 0 (revealed last), e.g. EOS/EoT
     record_trajectory: bool = False  # return [B, L] step at which each position was revealed
     progress: bool = False  # tqdm bar over steps

@@ -13,7 +13,8 @@ The checks use small random inputs from a seeded generator, so they are fast and
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -95,7 +96,8 @@ def check_attention(policy: Any, **_: Any) -> None:
         b, length = modality.shape
         mask = policy.mask(modality, valid)
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (b, 1, length, length):
-            _fail(policy, f"mask must be [B, 1, L, L] bool = [{b}, 1, {length}, {length}], got {getattr(mask, 'dtype', type(mask))} {tuple(getattr(mask, 'shape', ()))}")
+            got = f"{getattr(mask, 'dtype', type(mask))} {tuple(getattr(mask, 'shape', ()))}"
+            _fail(policy, f"mask must be [B, 1, L, L] bool = [{b}, 1, {length}, {length}], got {got}")
         if not bool(mask.any(dim=-1).all()):
             _fail(policy, "a query row allows no key: softmax would see an all -inf row")
         leaks = mask[:, 0] & valid[:, :, None] & ~valid[:, None, :]  # [B, L, L] valid query -> padding key

@@ -15,7 +15,8 @@ Every process draws the same global batch and takes its own slice (``shard``).
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

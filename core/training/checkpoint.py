@@ -23,7 +23,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -31,6 +30,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..atomic import TMP_PREFIX, atomic_folder, write_json_atomic
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
@@ -58,19 +59,6 @@ class Checkpoint:
 # ---------------------------------------------------------------------------- low-level writes
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """safetensors file, fsynced (the single place tensors are written: tests patch it to simulate a kill)."""
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
@@ -84,18 +72,6 @@ def _write_json(path: Path, data: Any) -> None:
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        _write_json(Path(tmp), data)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------- optimizer / rng <-> tensors
@@ -164,8 +140,8 @@ def save_checkpoint(
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{state.global_step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
-    try:
+    final = root / name  # re-saving the same step (e.g. after resuming a finished stage) replaces it
+    with atomic_folder(final) as tmp:
         _write_tensors(tmp / "model.safetensors", model_state, {"format": FORMAT})
         meta: dict[str, Any] = {"format": FORMAT, "state": asdict(state)}
         if optimizer_state is not None:
@@ -174,15 +150,6 @@ def save_checkpoint(
         rng_tensors, meta["rng"] = capture_rng()
         _write_tensors(tmp / "rng.safetensors", rng_tensors)
         _write_json(tmp / "trainer.json", meta)  # last: its presence marks a complete checkpoint
-        _fsync_dir(tmp)
-        final = root / name
-        if final.exists():  # re-saving the same step (e.g. after resuming a finished stage)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     write_json_atomic(root / LATEST, {"dir": name, "global_step": state.global_step})
     for old in sorted(complete_checkpoints(root))[:-keep] if keep > 0 else []:
         shutil.rmtree(root / old, ignore_errors=True)
@@ -196,7 +163,7 @@ def complete_checkpoints(root: Path) -> list[str]:
 def clean_partial(run_dir: str | Path) -> list[str]:
     """Remove ``.tmp-*`` leftovers of an interrupted write; returns their names."""
     root = Path(run_dir) / CHECKPOINTS
-    gone = [p.name for p in root.glob(".tmp-*")] if root.is_dir() else []
+    gone = [p.name for p in root.glob(f"{TMP_PREFIX}*")] if root.is_dir() else []
     for name in gone:
         shutil.rmtree(root / name, ignore_errors=True)
     return gone

@@ -32,15 +32,16 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 
 from ..compose import SECTION_SCHEMAS, ConfigError
 from ..formats import Sequence, TaskSpec, layout
-from ..modality import SPEECH, TEXT
+from ..modality import TEXT
 from ..vocab import Vocab
 
 log = logging.getLogger("diffuspeech.training.data")
@@ -183,7 +184,10 @@ class SpeechResolver:
             else:
                 raise BadRow("bad_value", f"speech field {key!r}: expected {{'units': ...}} or {{'audio': path}}, got keys {sorted(value)}")
         if isinstance(value, str):
-            raise BadRow("bad_value", f"speech field {key!r}: a bare string {value!r}; write {{'units': {value!r}}} for a unit-store id or {{'audio': {value!r}}} for a file")
+            raise BadRow(
+                "bad_value",
+                f"speech field {key!r}: a bare string {value!r}; write {{'units': {value!r}}} for a unit-store id or {{'audio': {value!r}}} for a file",
+            )
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise BadRow("bad_value", f"speech field {key!r}: expected a list of integer units")
         return torch.tensor(value, dtype=torch.long)
@@ -206,7 +210,11 @@ class SpeechResolver:
         if not path.is_file():
             raise BadRow("missing_audio", f"speech field {key!r}: audio file not found: {path}")
         if self.encode_audio is None:
-            raise BadRow("missing_audio", f"speech field {key!r}: {path} is audio but the config has no `tokenizer` section to encode it (or run `diffuspeech tokenize` and use unit references)")
+            raise BadRow(
+                "missing_audio",
+                f"speech field {key!r}: {path} is audio but the config has no `tokenizer` section to encode it "
+                "(or run `diffuspeech tokenize` and use unit references)",
+            )
         cached = self._audio_cache.get(str(path))
         if cached is None:
             try:

@@ -24,20 +24,20 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 from torch import nn
 
-from .batching import MixtureBatcher, generator, normalise_mixture, shard
-from .checkpoint import TrainState, clean_partial, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint, write_json_atomic
 from ..compose import SECTION_SCHEMAS, ConfigError, build_component, validate_config, validate_settings
-from .data import DataConfig, DataError, ExampleSet, check_data_config, load_examples, speech_resolver
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_strategy, shard_fsdp, shutdown, wrap_ddp
 from ..formats import collate
 from ..objective import Objective, ObjectiveContext
+from .batching import MixtureBatcher, generator, normalise_mixture, shard
+from .checkpoint import TrainState, clean_partial, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint, write_json_atomic
+from .data import DataConfig, DataError, ExampleSet, check_data_config, load_examples, speech_resolver
+from .distributed import all_reduce_sum, barrier, init_distributed, resolve_strategy, shard_fsdp, shutdown, wrap_ddp
 from .module import TrainModule, build_optimizer, lr_at, select_trainable
 
 log = logging.getLogger("diffuspeech.train")
@@ -54,20 +54,20 @@ class StageConfig:
     warmup_steps: int = 0  # linear warmup, then cosine decay
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
     mixture: Any = None  # {task: weight}; None = every task with examples, equally
-    train: List[str] = field(default_factory=lambda: ["backbone"])  # parameter-name prefixes to train ("backbone", "backbone.transformer.wte")
-    freeze: List[str] = field(default_factory=list)  # prefixes kept frozen inside `train`
+    train: list[str] = field(default_factory=lambda: ["backbone"])  # parameter-name prefixes to train ("backbone", "backbone.transformer.wte")
+    freeze: list[str] = field(default_factory=list)  # prefixes kept frozen inside `train`
 
 
 @dataclass
 class TrainConfig:
-    stages: List[StageConfig] = field(default_factory=lambda: [StageConfig()])  # run in order; each starts from the previous one's weights
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])  # run in order; each starts from the previous one's weights
     seed: int = 0  # model init, batch order and noise
     out: Optional[str] = None  # run folder; None = runs/<config file name>; `--out` wins
     init_from: Optional[str] = None  # a saved model folder whose weights start the first stage
     grad_accum: int = 1  # micro-steps per optimizer step (data.batch_size is split over processes x grad_accum)
     max_grad_norm: Optional[float] = 1.0  # gradient clipping; None = off
     weight_decay: float = 0.1  # AdamW, on matrices only
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     adam_eps: float = 1e-8
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
     device: str = "auto"  # "auto" | "cpu" | "cuda" (under torchrun: cuda:<LOCAL_RANK>)
@@ -75,7 +75,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # sets the backbone's own `gradient_checkpointing` setting
     log_every: int = 10  # steps between log.jsonl / TensorBoard scalars
     eval_every: int = 0  # steps between dev evaluations; 0 = only at the end of each stage
-    eval_times: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])  # dev loss at these fixed t
+    eval_times: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])  # dev loss at these fixed t
     checkpoint_every: int = 100  # steps between checkpoints (also at the end of every stage)
     keep_checkpoints: int = 2  # newest checkpoints kept
     tensorboard: bool = True

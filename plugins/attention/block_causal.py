@@ -13,13 +13,12 @@ import torch
 from diffuspeech.attention import AttentionPolicy, apply_padding, check_inputs, position_grid
 
 
-
 class BlockCausalAttention(AttentionPolicy):
     @dataclass
     class Config:
         block_size: int = 16  # positions per block; VocalNet-MDM uses 16
 
-    def __init__(self, config: "BlockCausalAttention.Config | None" = None) -> None:
+    def __init__(self, config: BlockCausalAttention.Config | None = None) -> None:
         super().__init__(config)
         if self.config.block_size < 1:
             raise ValueError(f"attention.block_size must be >= 1, got {self.config.block_size}")

@@ -9,7 +9,6 @@ import torch
 from diffuspeech.attention import AttentionPolicy, apply_padding, check_inputs, position_grid
 
 
-
 class CausalAttention(AttentionPolicy):
     @dataclass
     class Config:

@@ -15,7 +15,6 @@ from diffuspeech.attention import AttentionPolicy, apply_padding, check_inputs
 from diffuspeech.modality import MODALITY_CODE, SPEECH
 
 
-
 def speech_span_end(is_speech: torch.Tensor) -> torch.Tensor:
     """``[B, L]`` bool -> ``[B, L]`` long: last index of the contiguous speech span holding each
     speech position; the position itself for every other position."""

@@ -19,7 +19,6 @@ from torch import nn
 
 from diffuspeech.backbone import INITS, Backbone, check_attention_mask, parse_dtype, resized_rows
 
-
 # Shape of a fresh model when no path is given (~0.6 M parameters), overridable field by field.
 TINY_DEFAULTS: dict[str, Any] = dict(
     hidden_size=128,
@@ -58,7 +57,7 @@ class HFDecoderBackbone(Backbone):
         gradient_checkpointing: bool = False
         seed: Optional[int] = None  # seed for a fresh model's random init
 
-    def __init__(self, config: Optional["HFDecoderBackbone.Config"] = None) -> None:
+    def __init__(self, config: Optional[HFDecoderBackbone.Config] = None) -> None:
         super().__init__(config)
         from transformers import AutoConfig, AutoModelForCausalLM
 

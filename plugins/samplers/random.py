@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffuspeech.sampler import topk_mask
-from diffuspeech.sampler import Sampler
+
+from diffuspeech.sampler import Sampler, topk_mask
 
 
 class RandomSampler(Sampler):

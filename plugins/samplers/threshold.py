@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from diffuspeech.sampler import topk_mask
-from diffuspeech.sampler import Sampler
+
+from diffuspeech.sampler import Sampler, topk_mask
 
 
 class ThresholdSampler(Sampler):

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -50,9 +50,10 @@ def run(args: argparse.Namespace) -> dict:
     from transformers import HubertConfig, HubertModel  # noqa: PLC0415 - slow import, only here
 
     from diffuspeech.mel import MelConfig  # noqa: PLC0415
-    from diffuspeech.plugins.tokenizers.hubert import HubertTokenizer  # noqa: PLC0415
-    from diffuspeech.plugins.tokenizers.mel_kmeans import MelKMeansTokenizer  # noqa: PLC0415
     from diffuspeech.quantizers import save_centroids  # noqa: PLC0415
+
+    from .hubert import HubertTokenizer  # noqa: PLC0415
+    from .mel_kmeans import MelKMeansTokenizer  # noqa: PLC0415
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -22,7 +22,6 @@ from typing import Optional
 import torch
 
 from diffuspeech.audio import chunk_spans
-
 from diffuspeech.feature_tokenizer import FeatureTokenizer
 from diffuspeech.quantizers import KMeansQuantizer, QuantizerError, load_quantizer
 

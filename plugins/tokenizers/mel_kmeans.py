@@ -19,9 +19,8 @@ from typing import Optional
 
 import torch
 
-from diffuspeech.mel import MelConfig, log_mel, mel_transform
-
 from diffuspeech.feature_tokenizer import FeatureTokenizer
+from diffuspeech.mel import MelConfig, log_mel, mel_transform
 from diffuspeech.quantizers import KMeansQuantizer, QuantizerError
 
 KIND = "mel_kmeans"
@@ -103,7 +102,7 @@ class MelKMeansTokenizer(FeatureTokenizer):
             out[i, : frames.shape[0]] = frames
         return out, frame_lengths
 
-    def with_all_units(self) -> "MelKMeansTokenizer":
+    def with_all_units(self) -> MelKMeansTokenizer:
         """A copy that quantises onto every centroid (``assign_units`` lifted): how output-only
         units are produced from audio, e.g. the arith recipe's answer targets and its resynthesis ceiling."""
         import copy

@@ -17,15 +17,15 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import save_file
 
+from diffuspeech.bench import device_name
 from diffuspeech.compose import build_component
 from diffuspeech.mel import MelConfig, log_mel
-from diffuspeech.bench import device_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -27,7 +27,6 @@ from diffuspeech.mel import MelConfig
 from diffuspeech.vocoder import Vocoder, check_compatible, validate_units
 
 
-
 class CentroidsFileError(ValueError):
     """A centroids file that is missing or not in the ``mel_kmeans`` format."""
 
@@ -89,7 +88,7 @@ class GriffinLimVocoder(Vocoder):
         peak: float = 0.0  # rescale each row so its peak amplitude is this; 0 = keep the reconstructed level
         device: str = "cpu"  # torch device for the reconstruction
 
-    def __init__(self, config: "GriffinLimVocoder.Config | None" = None) -> None:
+    def __init__(self, config: GriffinLimVocoder.Config | None = None) -> None:
         super().__init__(config)
         cfg = self.config
         if not cfg.path:

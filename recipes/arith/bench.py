@@ -35,10 +35,10 @@ def _noises(rng: np.random.Generator, count: int):
 
 
 def run(args) -> dict:
+    from .corpus import ASSISTANT_PITCH, ASSISTANT_SPEED, ASSISTANT_VOICE
     from .espeak import get_espeak
     from .judge import get_judge
     from .number_words import NUMBER_WORDS
-    from .corpus import ASSISTANT_PITCH, ASSISTANT_SPEED, ASSISTANT_VOICE
 
     tts, judge = get_espeak(), get_judge()
     rng = np.random.default_rng(args.seed)

@@ -46,6 +46,7 @@ import torch
 from tqdm import tqdm
 
 from diffuspeech.audio import write_audio
+
 from .espeak import EspeakError, Variant, get_espeak, locate_espeak
 from .judge import resample_to
 from .number_words import NUMBER_WORDS, number_to_words
@@ -314,7 +315,7 @@ def _run_chunks(chunks: list[list], workers: int, bar: tqdm) -> list[list[float]
             except queue.Empty:
                 for i, proc in list(running.items()):
                     if not proc.is_alive() and i not in done:
-                        raise RuntimeError(f"synthesis worker for chunk {i} died (exit code {proc.exitcode})")
+                        raise RuntimeError(f"synthesis worker for chunk {i} died (exit code {proc.exitcode})")  # noqa: B904
                 continue
             if kind == "tick":
                 bar.update(payload)

@@ -26,9 +26,10 @@ def configure(p) -> None:
 
 def _speak_random_question(out_dir: Path, seed: int | None) -> tuple[Path, str, str]:
     from diffuspeech.audio import write_audio
+
+    from .corpus import EXCLUDED_VARIANTS, LANGUAGES, all_questions, near_reserved, usable_variants
     from .espeak import get_espeak, locate_espeak
     from .judge import resample_to
-    from .corpus import EXCLUDED_VARIANTS, LANGUAGES, all_questions, near_reserved, usable_variants
 
     rng = random.Random(seed)
     question = rng.choice(all_questions())
@@ -44,10 +45,11 @@ def _speak_random_question(out_dir: Path, seed: int | None) -> tuple[Path, str, 
 
 
 def run(args) -> int:
+    from diffuspeech.audio import AudioError, write_audio
     from diffuspeech.pipeline import Pipeline
+
     from .espeak import EspeakError
     from .judge import get_judge
-    from diffuspeech.audio import AudioError, write_audio
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from diffuspeech.model import model_help
 
-
 TASKS = ("s2s", "s2t", "asr", "tts")
 
 

@@ -30,9 +30,10 @@ import torch
 from tqdm import tqdm
 
 from diffuspeech.audio import load_audio
-from .judge import get_judge
 from diffuspeech.modality import MODALITY_CODE
+
 from .corpus import read_manifest
+from .judge import get_judge
 
 
 @dataclass
@@ -132,7 +133,8 @@ def evaluate(cfg: ArithEvalConfig) -> dict[str, Any]:
             metrics["speed_vote_agreement"] = sum(agreements) / len(agreements)
         if first is not None and first[0].trajectory is not None:
             o, r = first
-            _plot_trajectory(o, out_dir / "trajectory.png", f"{r['question_text']} -> thinking {o.fields.get('thinking')!r}, answer {o.fields.get('answer_text')!r}")
+            title = f"{r['question_text']} -> thinking {o.fields.get('thinking')!r}, answer {o.fields.get('answer_text')!r}"
+            _plot_trajectory(o, out_dir / "trajectory.png", title)
             metrics["trajectory_png"] = str(out_dir / "trajectory.png")
 
     if "s2t" in cfg.tasks:

@@ -36,6 +36,7 @@ import torchaudio
 from scipy.signal import resample_poly
 
 from diffuspeech.audio import resample
+
 from .number_words import NUMBER_WORDS
 
 SAMPLE_RATE = 16000  # the en-us acoustic model's rate

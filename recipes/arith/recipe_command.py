@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 _ACTIONS: dict[str, list[Callable[[argparse._SubParsersAction], None]]] = {}
 
@@ -73,8 +73,8 @@ def _arith_prepare(sub) -> None:
 
 
 def _run_arith_prepare(args) -> int:
-    from .espeak import EspeakError
     from .corpus import ArithCorpusConfig, prepare
+    from .espeak import EspeakError
 
     cfg = ArithCorpusConfig(
         out=args.out,

@@ -37,8 +37,9 @@ from diffuspeech.audio import load_audio, speed_perturb
 from diffuspeech.compose import apply_overrides, build_component
 from diffuspeech.kmeans import fit_kmeans
 from diffuspeech.mel import MelConfig, log_mel, mel_transform
-from .number_words import NUMBER_WORDS
+
 from .corpus import read_manifest
+from .number_words import NUMBER_WORDS
 
 TEMPLATE = Path(__file__).with_name("arith.yaml")
 TASKS = ("s2s", "s2t", "t2t", "asr", "tts", "lm")
@@ -49,7 +50,9 @@ class ArithTrainConfig:
     data: str = "arith-corpus"  # folder written by `recipe arith prepare` (train.jsonl, dev.jsonl, audio/)
     out: str = "runs/arith"  # run folder
     question_units: int = 256  # k-means units fitted on question audio
-    speed_perturb: list[float] = field(default_factory=lambda: [0.9, 1.1])  # extra copies of each training question played this many times faster (Kaldi-style: tempo and formants move together); [] = none (the arith-mdm model)
+    # extra copies of each training question played this many times faster (Kaldi-style: tempo and
+    # formants move together); [] = none (the arith-mdm model)
+    speed_perturb: list[float] = field(default_factory=lambda: [0.9, 1.1])
     max_fit_frames: int = 60_000  # frames sampled for k-means
     seed: int = 0
     scale: float = 1.0  # multiplies every stage's steps (0.01 for a smoke run)

@@ -14,8 +14,11 @@ import torch
 import triton
 import triton.language as tl
 
-_V_SMALL = 1e-3  # below this, -log(1 - v) is computed by its series v + v^2/2 (no log1p here)
-_V_MIN = 2.3e-10  # must match sampling.py
+# Globals read inside a @triton.jit kernel must be tl.constexpr: a plain Python float works under
+# TRITON_INTERPRET=1 but is a NameError when the kernel is really compiled for the GPU
+# (tests/test_kernels_compile.py compiles every variant for sm_80 / sm_90 to catch this).
+_V_SMALL = tl.constexpr(1e-3)  # below this, -log(1 - v) is computed by its series v + v^2/2 (no log1p here)
+_V_MIN = tl.constexpr(2.3e-10)  # must match sampling.py
 
 
 @triton.jit

@@ -23,6 +23,7 @@ from diffuspeech.backbone import INITS, Backbone, KVCache, check_attention_mask,
 from .arch import ARCH_FIELDS, LLaDAArch, check_overrides_match, resolve_arch
 from .layers import LLaDABlock, RMSNorm, TiedHead, rope_tables
 
+
 class LLaDABackbone(Backbone):
     """LLaDA transformer. State-dict keys are the official ones without the leading ``model.``."""
 
@@ -52,7 +53,7 @@ class LLaDABackbone(Backbone):
         gradient_checkpointing: bool = False  # recompute each block in backward (saves activation memory)
         seed: Optional[int] = None  # seed for the random init of a fresh model (None = torch's global RNG)
 
-    def __init__(self, config: Optional["LLaDABackbone.Config"] = None) -> None:
+    def __init__(self, config: Optional[LLaDABackbone.Config] = None) -> None:
         super().__init__(config)
         cfg = self.config
         where = "backbone"
@@ -259,6 +260,6 @@ class LLaDABackbone(Backbone):
         return save_llada_folder(self, out_dir, max_shard_bytes=max_shard_bytes, dtype=dtype, copy_files_from=source)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **settings: Any) -> "LLaDABackbone":
+    def from_pretrained(cls, path: str | Path, **settings: Any) -> LLaDABackbone:
         """Load an official LLaDA folder: ``LLaDABackbone.from_pretrained(dir, dtype="bfloat16")``."""
         return cls(cls.Config(path=str(path), **settings))

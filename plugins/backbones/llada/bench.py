@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -67,13 +68,13 @@ def _cpu(args: argparse.Namespace, out: dict[str, Any]) -> None:
         out[f"cpu_{preset}_params_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
         with torch.inference_mode():
             if args.no_reference:
-                seconds = _median_seconds(lambda: model(ids), args.repeats)
+                seconds = _median_seconds(lambda: model(ids), args.repeats)  # noqa: B023, F821 - called at once
             else:
                 ref = _llama_reference(model.arch)
                 # alternate ours and the reference so load changes on a shared machine hit both
                 model(ids), ref(ids)  # warm-up
-                pairs = [(_median_seconds(lambda: model(ids), 1, warmup=False),
-                          _median_seconds(lambda: ref(ids), 1, warmup=False))
+                pairs = [(_median_seconds(lambda: model(ids), 1, warmup=False),  # noqa: B023, F821 - called at once
+                          _median_seconds(lambda: ref(ids), 1, warmup=False))  # noqa: B023
                          for _ in range(max(1, args.repeats))]
                 seconds = statistics.median(p[0] for p in pairs)
                 ref_seconds = statistics.median(p[1] for p in pairs)

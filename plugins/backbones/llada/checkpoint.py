@@ -190,7 +190,7 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.floa
 
 
 def save_llada_folder(
-    model: "LLaDABackbone",
+    model: LLaDABackbone,
     out_dir: str | Path,
     max_shard_bytes: int = 5 * 1024**3,
     dtype: Optional[str] = None,

@@ -67,7 +67,7 @@ class UnitHifiganArch:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "UnitHifiganArch":
+    def from_dict(cls, data: dict) -> UnitHifiganArch:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -24,17 +24,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
-import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from diffuspeech.atomic import atomic_folder, write_json_atomic
 from diffuspeech.audio import load_audio, write_audio
 
 __all__ = ["VocoderTrainConfig", "TRAIN_PRESETS", "TrainingPair", "VocoderTrainer", "VocoderTrainingError", "read_training_pairs"]
@@ -219,12 +219,6 @@ class MultiResolutionSTFTLoss(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------- trainer
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 class VocoderTrainer:
     """Builds generator + discriminators + optimisers, trains, checkpoints and resumes."""
 
@@ -334,19 +328,14 @@ class VocoderTrainer:
         """Write the checkpoint folder next to the old one, then swap it in (never a half-written checkpoint)."""
         from .formats import save_diffuspeech
 
-        final, tmp, old = self.checkpoint_dir, self.run_dir / "checkpoint.tmp", self.run_dir / "checkpoint.old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_diffuspeech(self.generator, tmp, extra={"step": self.step, **(provenance or {})})
-        disc = {k: v.detach().cpu().contiguous() for k, v in self.discriminators.state_dict().items()}
-        save_file(disc, str(tmp / "discriminator.safetensors"))
-        optim = {"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict() if self.opt_d else {}}
-        torch.save(optim, tmp / "optimizer.pt")
-        _atomic_json(tmp / "state.json", {"step": self.step})
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        final = self.checkpoint_dir
+        with atomic_folder(final, backup=self.run_dir / "checkpoint.old") as tmp:  # load_checkpoint falls back to .old
+            save_diffuspeech(self.generator, tmp, extra={"step": self.step, **(provenance or {})})
+            disc = {k: v.detach().cpu().contiguous() for k, v in self.discriminators.state_dict().items()}
+            save_file(disc, str(tmp / "discriminator.safetensors"))
+            optim = {"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict() if self.opt_d else {}}
+            torch.save(optim, tmp / "optimizer.pt")  # read back with weights_only=True
+            write_json_atomic(tmp / "state.json", {"step": self.step})
         return final
 
     def load_checkpoint(self) -> int:

@@ -64,10 +64,11 @@ def _versions() -> dict[str, str]:
 
 
 def run(args) -> int:
+    from diffuspeech.commands.audio_inputs import build_tokenizer, tokenizer_node
     from diffuspeech.vocoder import check_compatible
+
     from .arch import UnitHifiganArch, preset
     from .train import VocoderTrainer, VocoderTrainingError, read_training_pairs, resolve_train_config
-    from diffuspeech.commands.audio_inputs import build_tokenizer, tokenizer_node
 
     out = Path(args.out)
     config_path = out / "train_config.json"

@@ -36,7 +36,7 @@ class UnitHifiganVocoder(Vocoder):
         remove_weight_norm: bool = True  # fold weight norm into the weights for faster inference
         device: str = "cpu"  # torch device
 
-    def __init__(self, config: "UnitHifiganVocoder.Config | None" = None) -> None:
+    def __init__(self, config: UnitHifiganVocoder.Config | None = None) -> None:
         super().__init__(config)
         cfg = self.config
         self.device = torch.device(cfg.device)
@@ -61,8 +61,8 @@ class UnitHifiganVocoder(Vocoder):
             model, self.format = UnitHifigan(preset(cfg.preset, num_units=cfg.num_units, **dict(cfg.arch))), "new"
         if cfg.duration_prediction and not model.arch.duration_predictor:
             raise ValueError(
-                f"vocoder.duration_prediction=true but this generator has no duration predictor; "
-                f"feed frame-rate (not deduplicated) units with duration_prediction=false"
+                "vocoder.duration_prediction=true but this generator has no duration predictor; "
+                "feed frame-rate (not deduplicated) units with duration_prediction=false"
             )
         model.condition(1, torch.tensor([cfg.speaker_id]), torch.tensor([cfg.style_id]))  # range check now
         if cfg.remove_weight_norm:
