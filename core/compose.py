@@ -36,7 +36,9 @@ COMPONENT_SECTIONS: dict[str, str] = {
 # function ``(node, path) -> Any`` raising ConfigError, or None (accepted as is).
 # Modules that own a section add themselves here (e.g. ``vocab``, ``tasks``, ``train``).
 SECTION_SCHEMAS: dict[str, Any] = {"meta": None}
-SECTION_OWNERS = ("diffuspeech.vocab", "diffuspeech.formats", "diffuspeech.training.trainer", "diffuspeech.training.data", "diffuspeech.pipeline")
+SECTION_OWNERS = (
+    "diffuspeech.vocab", "diffuspeech.formats", "diffuspeech.training.config", "diffuspeech.training.data", "diffuspeech.sampling.options",
+)
 
 
 def _import_section_owners() -> None:

@@ -21,14 +21,14 @@ import torch
 
 from .attention import check_causal_mask, check_next_token_positions, states_before
 from .audio import AudioError, checked_speed_rate, is_silent, load_audio, speed_perturb
-from .compose import ConfigError, validate_settings
+from .compose import ConfigError
 from .formats import TARGET, TaskSpec, collate, layout, split_targets
 from .modality import MODALITY_CODE, SPEECH, TEXT
 from .model import SpeechDiffusionModel, resolve_model_dir
 from .objective import mode_mismatch_note
 from .registry import RegistryError, get_registry
 from .sampling.generation import CanvasSpec, GenerationResult, StepInfo, generate
-from .sampling.options import DecodeOptions, GenerationError, check_options
+from .sampling.options import DecodeOptions, GenerationError, check_options, validate_generation_section
 
 SpeechInput = Union[str, Path, torch.Tensor]
 
@@ -72,12 +72,7 @@ class Pipeline:
         self.model = model
         self.device = torch.device(device)
         model.backbone.to(self.device).eval()
-        node = model.config.get("generation", {}) or {}
-        self.defaults: DecodeOptions = validate_settings(DecodeOptions, dict(node), "generation", "section 'generation'")
-        try:
-            check_options(self.defaults)
-        except GenerationError as exc:
-            raise ConfigError(str(exc)) from None
+        self.defaults: DecodeOptions = validate_generation_section(model.config.get("generation", {}) or {})
 
     @classmethod
     def from_pretrained(

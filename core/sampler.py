@@ -28,7 +28,8 @@ class Sampler(Component, ABC):
 
         Never selects a position whose confidence is -inf. A strategy may reveal more or
         fewer than ``num_to_reveal`` (threshold decoding does) but must reveal at least one
-        eligible position per row that has any, so decoding always makes progress.
+        eligible position in every row that has any and asks for ``num_to_reveal >= 1``, so
+        decoding always makes progress (``diffuspeech.testing`` checks this).
         """
 
 

@@ -8,11 +8,16 @@ Importing this module loads no engine.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
-from ..compose import SECTION_SCHEMAS
+from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["GENERATION_MODES", "KV_CACHE_MODES", "SAMPLING_BACKENDS", "DecodeOptions", "GenerationError", "check_options"]
+from ..compose import SECTION_SCHEMAS, validate_settings
+from ..errors import ConfigError
+
+__all__ = [
+    "GENERATION_MODES", "KV_CACHE_MODES", "SAMPLING_BACKENDS", "DecodeOptions", "GenerationError", "check_options", "validate_generation_section",
+]
 
 GENERATION_MODES = ("diffusion", "autoregressive", "hybrid")
 SAMPLING_BACKENDS = ("auto", "triton", "torch")
@@ -46,7 +51,18 @@ class DecodeOptions:
     max_logits_bytes: int = 256 << 20  # bound on the float32 logits held at once (row chunks of the head)
 
 
-SECTION_SCHEMAS["generation"] = DecodeOptions
+def validate_generation_section(node: Any, path: str = "generation") -> DecodeOptions:
+    """``generation:`` checked as ``config validate`` and the pipeline see it: keys, types and values."""
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    options = validate_settings(DecodeOptions, data, path, f"section {path!r}")
+    try:
+        check_options(options)
+    except GenerationError as exc:
+        raise ConfigError(str(exc)) from None
+    return options
+
+
+SECTION_SCHEMAS["generation"] = validate_generation_section
 
 
 def check_options(options: DecodeOptions) -> None:

@@ -68,8 +68,8 @@ def check_scheduler(schedule: Any, **_: Any) -> None:
 
 # --------------------------------------------------------------------------- samplers
 def check_sampler(sampler: Any, **_: Any) -> None:
-    """``select`` returns ``[B, L]`` bool, never a -inf position, at least one per row that has
-    an eligible one, and nothing in a row that has none."""
+    """``select`` returns ``[B, L]`` bool, never a -inf position, and at least one position in
+    every row that has an eligible one and asks for ``num_to_reveal >= 1``."""
     g = torch.Generator().manual_seed(0)
     for batch, length in ((1, 1), (4, 9), (3, 40)):
         conf = torch.rand(batch, length, generator=g)  # [B, L]
@@ -83,7 +83,7 @@ def check_sampler(sampler: Any, **_: Any) -> None:
                 _fail(sampler, f"select must return a [B, L] bool tensor, got {getattr(chosen, 'dtype', type(chosen))} {tuple(getattr(chosen, 'shape', ()))}")
             if bool((chosen & torch.isinf(conf)).any()):
                 _fail(sampler, "select revealed a position whose confidence is -inf")
-            eligible = torch.isfinite(conf).any(dim=1)  # [B]
+            eligible = torch.isfinite(conf).any(dim=1) & (num > 0)  # [B] rows that ask for a reveal and can have one
             if bool((eligible & ~chosen.any(dim=1)).any()):
                 _fail(sampler, f"select revealed nothing in a row with eligible positions (num_to_reveal={k}); decoding would stall")
 

@@ -1,0 +1,92 @@
+"""The ``train:`` section: stages, optimiser, precision, logging and checkpoint settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..compose import SECTION_SCHEMAS, ConfigError, validate_settings
+
+__all__ = ["PRECISIONS", "StageConfig", "TrainConfig", "check_train_config", "section", "validate_train_section"]
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class StageConfig:
+    name: str = "main"  # the stage's model is saved to <out>/stages/<name>/model
+    steps: int = 100  # optimizer steps
+    lr: float = 1e-4  # peak learning rate
+    warmup_steps: int = 0  # linear warmup, then cosine decay
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    mixture: Any = None  # {task: weight}; None = every task with examples, equally
+    train: list[str] = field(default_factory=lambda: ["backbone"])  # parameter-name prefixes to train ("backbone", "backbone.transformer.wte")
+    freeze: list[str] = field(default_factory=list)  # prefixes kept frozen inside `train`
+
+
+@dataclass
+class TrainConfig:
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])  # run in order; each starts from the previous one's weights
+    seed: int = 0  # model init, batch order and noise
+    out: Optional[str] = None  # run folder; None = runs/<config file name>; `--out` wins
+    init_from: Optional[str] = None  # a saved model folder whose weights start the first stage
+    grad_accum: int = 1  # micro-steps per optimizer step (data.batch_size is split over processes x grad_accum)
+    max_grad_norm: Optional[float] = 1.0  # gradient clipping; None = off
+    weight_decay: float = 0.1  # AdamW, on matrices only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    adam_eps: float = 1e-8
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
+    device: str = "auto"  # "auto" | "cpu" | "cuda" (under torchrun: cuda:<LOCAL_RANK>)
+    strategy: str = "auto"  # "auto" (ddp with several processes) | "none" | "ddp" | "fsdp" (FSDP2 fully_shard)
+    gradient_checkpointing: bool = False  # sets the backbone's own `gradient_checkpointing` setting
+    log_every: int = 10  # steps between log.jsonl / TensorBoard scalars
+    eval_every: int = 0  # steps between dev evaluations; 0 = only at the end of each stage
+    eval_times: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])  # dev loss at these fixed t
+    checkpoint_every: int = 100  # steps between checkpoints (also at the end of every stage)
+    keep_checkpoints: int = 2  # newest checkpoints kept
+    tensorboard: bool = True
+    progress: bool = True  # tqdm progress bar (rank 0)
+
+
+
+
+def validate_train_section(node: Any, path: str = "train") -> TrainConfig:
+    """``train:`` checked as ``config validate`` and the trainer see it: keys, types and values."""
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    tc = validate_settings(TrainConfig, data, path, f"section {path!r}")
+    check_train_config(tc)
+    return tc
+
+
+SECTION_SCHEMAS["train"] = validate_train_section
+
+
+def section(schema: type, cfg: DictConfig, key: str) -> Any:
+    node = cfg.get(key) or {}
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    return validate_settings(schema, data, key, f"section {key!r}")
+
+
+def check_train_config(tc: TrainConfig) -> None:
+    if not tc.stages:
+        raise ConfigError("train.stages: give at least one stage")
+    names = [s.name for s in tc.stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"train.stages: stage names must be unique, got {names}")
+    for i, s in enumerate(tc.stages):
+        if s.mixture is not None and not (isinstance(s.mixture, dict) and all(isinstance(w, (int, float)) for w in s.mixture.values())):
+            raise ConfigError(f"train.stages[{i}].mixture: expected {{task: weight}}, got {s.mixture!r}")
+        if s.steps <= 0 or s.lr <= 0 or s.warmup_steps < 0 or not 0 <= s.min_lr_ratio <= 1:
+            raise ConfigError(f"train.stages[{i}] ({s.name}): need steps > 0, lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1")
+    if tc.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision: {tc.precision!r}; valid: {', '.join(PRECISIONS)}")
+    if tc.grad_accum <= 0:
+        raise ConfigError(f"train.grad_accum: expected a positive integer, got {tc.grad_accum}")
+    if len(tc.betas) != 2:
+        raise ConfigError(f"train.betas: expected two numbers, got {list(tc.betas)}")
+    if not tc.eval_times or not all(0 < t <= 1 for t in tc.eval_times):
+        raise ConfigError(f"train.eval_times: expected values in (0, 1], got {list(tc.eval_times)}")
+    if tc.log_every <= 0 or tc.checkpoint_every <= 0 or tc.eval_every < 0:
+        raise ConfigError("train.log_every and train.checkpoint_every must be positive, train.eval_every >= 0")
