@@ -1,9 +1,20 @@
-"""The error every config problem raises (imported by contracts that validate settings)."""
+"""The errors a user can fix: each message names the problem and what to do.
+
+The CLI prints them as one line (no traceback) and exits 2.
+"""
 
 from __future__ import annotations
 
-__all__ = ["ConfigError"]
+__all__ = ["ConfigError", "MissingDependencyError", "UserError"]
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """An expected failure with a message that says how to fix it."""
+
+
+class ConfigError(UserError):
     """A config problem, with the full key path in the message."""
+
+
+class MissingDependencyError(UserError):
+    """An optional dependency (an extra such as ``diffuspeech[arith]``) is not installed."""

@@ -155,5 +155,5 @@ def test_prepare_without_espeak_names_the_package(tmp_path, monkeypatch, capsys)
     rc = main(["recipe", "arith", "prepare", "--out", str(tmp_path / "c"), "--workers", "0", "--no-progress"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "espeakng-loader" in err and "pip install espeakng-loader" in err
+    assert "espeakng-loader missing" in err and "pip install 'diffuspeech[arith]'" in err
     assert not (tmp_path / "c").exists()

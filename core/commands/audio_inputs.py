@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..audio import AudioError, find_audio_files, load_audio
 from ..compose import ConfigError, build_component, load_config
+from ..manifest import BadRow, ManifestError, read_manifest
 
 
 @dataclass(frozen=True)
@@ -42,23 +43,21 @@ def allow_intermixed(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parser
 
 
-def read_manifest(path: str | Path) -> list[AudioEntry]:
-    """JSONL with at least ``id`` and ``audio`` per line; relative audio paths are resolved
-    against the manifest's folder. Raises ConfigError naming the line."""
+def read_audio_manifest(path: str | Path) -> list[AudioEntry]:
+    """JSONL with at least ``id`` and ``audio`` per line (:func:`diffuspeech.manifest.read_manifest`);
+    relative audio paths are resolved against the manifest's folder. Raises ConfigError naming the line."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"manifest not found: {p}")
     entries: list[AudioEntry] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict) or "id" not in obj or "audio" not in obj:
-            raise ConfigError(f"{p}:{lineno}: each line needs the keys 'id' and 'audio', got {line[:120]!r}")
+    try:
+        rows = list(read_manifest(p))
+    except ManifestError as exc:
+        raise ConfigError(str(exc)) from None
+    for lineno, obj in rows:
+        if isinstance(obj, BadRow):
+            raise ConfigError(f"{p}:{lineno}: {obj}")
+        if "id" not in obj or "audio" not in obj:
+            raise ConfigError(f"{p}:{lineno}: each line needs the keys 'id' and 'audio', got {json.dumps(obj)[:120]!r}")
         utt_id = str(obj["id"])
         if utt_id in seen:
             raise ConfigError(f"{p}:{lineno}: duplicate id {utt_id!r} (first on line {seen[utt_id]})")
@@ -76,7 +75,7 @@ def audio_entries(source: str | Path) -> list[AudioEntry]:
         if not files:
             raise ConfigError(f"{p}: no audio files found (looked for .wav, .flac, .ogg, ...)")
         return [AudioEntry(str(f.relative_to(p).with_suffix("")), f) for f in files]
-    return read_manifest(p)
+    return read_audio_manifest(p)
 
 
 def tokenizer_node(config_file: str | None, overrides: Sequence[str], default: dict[str, Any] | None = None) -> dict[str, Any]:

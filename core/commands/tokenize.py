@@ -17,7 +17,7 @@ from ..audio import is_silent
 from ..compose import ConfigError
 from ..registry import get_registry
 from ..unit_store import FAILED_FILE, UnitStoreWriter
-from .audio_inputs import allow_intermixed, build_tokenizer, load_batches, pad_batch, read_manifest, tokenizer_node
+from .audio_inputs import allow_intermixed, build_tokenizer, load_batches, pad_batch, read_audio_manifest, tokenizer_node
 
 EXIT_SOME_FAILED = 3
 
@@ -39,7 +39,7 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    entries = read_manifest(args.manifest)
+    entries = read_audio_manifest(args.manifest)
     node = tokenizer_node(args.tokenizer_config, args.overrides)
     tokenizer = build_tokenizer(node)
     if not tokenizer.num_units:

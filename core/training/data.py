@@ -29,10 +29,9 @@ reason and reported (``skip``); never silently.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -40,7 +39,9 @@ from typing import Any, Optional
 import torch
 
 from ..compose import SECTION_SCHEMAS, ConfigError
+from ..errors import UserError
 from ..formats import Sequence, TaskSpec, layout
+from ..manifest import BadRow, read_manifest
 from ..modality import TEXT
 from ..vocab import Vocab
 
@@ -69,16 +70,8 @@ class DataConfig:
 SECTION_SCHEMAS["data"] = DataConfig
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A manifest problem; the message names the file, line, row id and the fix."""
-
-
-class BadRow(Exception):
-    """Raised while reading one row; ``reason`` is a short category for the skip report."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass
@@ -118,26 +111,6 @@ def check_data_config(cfg: DataConfig) -> None:
 
 
 # ---------------------------------------------------------------------------- manifest
-
-
-def read_manifest(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line number, row dict or BadRow)`` for every non-blank line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"manifest not found: {path} (set data.manifest / data.dev_manifest to a JSONL file)")
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield n, BadRow("invalid_json", f"not valid JSON ({exc.msg} at column {exc.colno})")
-                continue
-            if not isinstance(row, dict):
-                yield n, BadRow("invalid_json", f"expected a JSON object, got {type(row).__name__}")
-                continue
-            yield n, row
 
 
 def row_tasks(row: dict, tasks: dict[str, TaskSpec], fields: dict[str, dict[str, str]]) -> list[str]:
@@ -313,7 +286,7 @@ def load_examples(
             raise DataError(f"{message}\n  fix the row, or set data.on_bad_row=skip to drop bad rows (they are counted and reported)")
         report.add(err.reason, message)
 
-    rows = read_manifest(manifest)
+    rows = read_manifest(manifest, hint="set data.manifest / data.dev_manifest to a JSONL file")
     if progress:
         from tqdm.auto import tqdm
 

@@ -11,9 +11,32 @@ Its dependencies (espeakng-loader, pocketsphinx, scipy, matplotlib, jiwer) are t
 ``diffuspeech[arith]`` extra; the hooks below import none of them.
 """
 
+import importlib.util
+
+from diffuspeech.errors import MissingDependencyError
 from diffuspeech.hookspecs import hookimpl
 
 from . import models
+
+EXTRA = {  # module -> the PyPI package of the `arith` extra that provides it
+    "espeakng_loader": "espeakng-loader", "pocketsphinx": "pocketsphinx", "scipy": "scipy", "matplotlib": "matplotlib", "jiwer": "jiwer",
+}
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken install counts as missing
+        return False
+
+
+def require_extra(what: str) -> None:
+    """Raise :class:`MissingDependencyError` naming the missing packages of ``diffuspeech[arith]``."""
+    missing = [package for module, package in EXTRA.items() if not _importable(module)]
+    if missing:
+        raise MissingDependencyError(
+            f"{what} needs the arith recipe's dependencies ({', '.join(missing)} missing): pip install 'diffuspeech[arith]'"
+        )
 
 
 @hookimpl

@@ -46,6 +46,7 @@ import torch
 from tqdm import tqdm
 
 from diffuspeech.audio import write_audio
+from diffuspeech.manifest import read_rows
 
 from .espeak import EspeakError, Variant, get_espeak, locate_espeak
 from .judge import resample_to
@@ -372,8 +373,7 @@ def prepare(cfg: ArithCorpusConfig, show_progress: bool = True) -> dict:
 
 def read_manifest(path: str | os.PathLike) -> list[dict]:
     """Rows of a ``train.jsonl``/``dev.jsonl``; audio paths stay relative to its folder."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_rows(path, hint="make the corpus with `diffuspeech recipe arith prepare --out DIR`")
 
 
 __all__ = [

@@ -45,6 +45,9 @@ def _speak_random_question(out_dir: Path, seed: int | None) -> tuple[Path, str, 
 
 
 def run(args) -> int:
+    from . import require_extra
+
+    require_extra("diffuspeech demo")
     from diffuspeech.audio import AudioError, write_audio
     from diffuspeech.pipeline import Pipeline
 

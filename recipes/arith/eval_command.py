@@ -29,6 +29,9 @@ def configure(a) -> None:
 def run(args) -> int:
     import sys
 
+    from . import require_extra
+
+    require_extra("diffuspeech eval arith")
     from .evaluate import ArithEvalConfig, evaluate
 
     tasks = [t for t in args.tasks if "=" not in t]  # `--tasks s2s generation.steps=4`: the override is not a task

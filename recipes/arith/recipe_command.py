@@ -73,6 +73,9 @@ def _arith_prepare(sub) -> None:
 
 
 def _run_arith_prepare(args) -> int:
+    from . import require_extra
+
+    require_extra("diffuspeech recipe arith")
     from .corpus import ArithCorpusConfig, prepare
     from .espeak import EspeakError
 
@@ -149,6 +152,9 @@ def _arith_train(sub) -> None:
 
 
 def _run_arith_train(args) -> int:
+    from . import require_extra
+
+    require_extra("diffuspeech recipe arith")
     import json
 
     from .train import ArithTrainConfig, run

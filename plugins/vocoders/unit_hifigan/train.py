@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from diffuspeech.atomic import atomic_folder, write_json_atomic
 from diffuspeech.audio import load_audio, write_audio
+from diffuspeech.manifest import BadRow, ManifestError, read_manifest
 
 __all__ = ["VocoderTrainConfig", "TRAIN_PRESETS", "TrainingPair", "VocoderTrainer", "VocoderTrainingError", "read_training_pairs"]
 
@@ -123,20 +124,19 @@ def read_training_pairs(
     from tqdm import tqdm
 
     path = Path(manifest)
-    if not path.is_file():
-        raise VocoderTrainingError(f"manifest not found: {path}")
-    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    try:
+        lines = list(read_manifest(path))
+    except ManifestError as exc:
+        raise VocoderTrainingError(str(exc)) from None
     if not lines:
         raise VocoderTrainingError(f"{path}: the manifest is empty")
     pairs: list[TrainingPair] = []
-    for lineno, line in tqdm(lines, desc="reading pairs", unit="utt", disable=not progress):
+    for lineno, obj in tqdm(lines, desc="reading pairs", unit="utt", disable=not progress):
         where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise VocoderTrainingError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict) or "audio" not in obj:
-            raise VocoderTrainingError(f"{where}: each line needs an 'audio' path, got {line[:100]!r}")
+        if isinstance(obj, BadRow):
+            raise VocoderTrainingError(f"{where}: {obj}")
+        if "audio" not in obj:
+            raise VocoderTrainingError(f"{where}: each line needs an 'audio' path, got {json.dumps(obj)[:100]!r}")
         audio_path = Path(str(obj["audio"]))
         audio_path = audio_path if audio_path.is_absolute() else path.parent / audio_path
         wav = load_audio(audio_path, sample_rate)  # [S]
