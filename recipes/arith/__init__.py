@@ -7,7 +7,7 @@
     demo.py          ``diffuspeech demo``
     models/          the embedded models (``--model arith | arith-mdm | arith-ar``)
 
-Its dependencies (espeakng-loader, pocketsphinx, scipy, matplotlib, jiwer) are the
+Its dependencies (espeakng-loader, pocketsphinx, matplotlib, jiwer) are the
 ``diffuspeech[arith]`` extra; the hooks below import none of them.
 """
 
@@ -19,7 +19,7 @@ from diffuspeech.hookspecs import hookimpl
 from . import models
 
 EXTRA = {  # module -> the PyPI package of the `arith` extra that provides it
-    "espeakng_loader": "espeakng-loader", "pocketsphinx": "pocketsphinx", "scipy": "scipy", "matplotlib": "matplotlib", "jiwer": "jiwer",
+    "espeakng_loader": "espeakng-loader", "pocketsphinx": "pocketsphinx", "matplotlib": "matplotlib", "jiwer": "jiwer",
 }
 
 

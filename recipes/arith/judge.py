@@ -26,14 +26,12 @@ downmixed and resampled to 16 kHz. Non-finite or empty audio gives None, never a
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torchaudio
-from scipy.signal import resample_poly
 
 from diffuspeech.audio import resample
 
@@ -73,18 +71,13 @@ class Hearing:
 
 
 def resample_to(x: np.ndarray, sample_rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
-    """Resample a float32 ``[samples]`` array; polyphase (scipy) when the rate ratio is simple
-    (22050 -> 16000 is 320/441: ~2 ms per second of audio), else torchaudio's sinc resampler."""
+    """Resample a float32 ``[samples]`` array with the framework's resampler (:func:`diffuspeech.audio.resample`)."""
     sample_rate, target = int(sample_rate), int(target)
     if sample_rate == target:
         return x
     if sample_rate <= 0:
         raise ValueError(f"sample rate must be positive, got {sample_rate}")
-    g = math.gcd(sample_rate, target)
-    up, down = target // g, sample_rate // g
-    if max(up, down) <= 1000:
-        return resample_poly(x, up, down).astype(np.float32)
-    return resample(torch.from_numpy(np.ascontiguousarray(x)), sample_rate, target).numpy()
+    return resample(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), sample_rate, target).numpy()
 
 
 def _to_mono_16k(wav, sample_rate: int) -> np.ndarray | None:
