@@ -50,3 +50,15 @@ def test_config_naming_the_plugin_uses_it(installed, tmp_path):
     bad = run_cli(installed, "config", "validate", str(cfg), "scheduler.treshold=0.1")
     assert bad.returncode == 2
     assert "scheduler.treshold: unknown key for schedulers 'step'; valid keys: threshold" in bad.stderr
+
+
+def test_installed_components_pass_the_conformance_kit(installed):
+    code = (
+        "from diffuspeech import build_component; from diffuspeech.testing import check_component;"
+        "check_component('schedulers', build_component('schedulers', {'name': 'step', 'threshold': 0.3}));"
+        "check_component('vocoders', build_component('vocoders', {'name': 'sine', 'num_units': 100}));"
+        "print('conforms')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=installed)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "conforms"

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from diffuspeech import MaskScheduler, Vocoder, hookimpl
+from diffuspeech import MaskScheduler, Vocoder, hookimpl, validate_units
 
 
 class StepSchedule(MaskScheduler):
@@ -27,18 +27,19 @@ class SineVocoder(Vocoder):
         sample_rate: int = 16000  # output Hz
         num_units: int = 500  # accepted ids [0, num_units)
 
+    frame_rate = 25.0  # units per second: 40 ms of audio per unit
+
     def __init__(self, config=None):
         super().__init__(config)
         self.sample_rate = self.config.sample_rate
         self.num_units = self.config.num_units
 
     def decode(self, units, lengths=None):
-        hop = self.sample_rate // 25
+        units, lengths = validate_units(units, lengths, self.num_units, who="sine")  # [B, T], [B]
+        hop = int(self.sample_rate / self.frame_rate)
         t = torch.arange(hop) / self.sample_rate  # [hop]
         freq = 100.0 + units.float() * 5.0  # [B, T]
         wav = torch.sin(2 * torch.pi * freq[..., None] * t).reshape(units.shape[0], -1)  # [B, T*hop]
-        if lengths is None:
-            lengths = torch.full((units.shape[0],), units.shape[1], dtype=torch.long)
         return wav, lengths * hop
 
 
