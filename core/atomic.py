@@ -17,9 +17,34 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["TMP_PREFIX", "atomic_folder", "fsync_dir", "fsync_tree", "write_json_atomic"]
+__all__ = [
+    "TMP_PREFIX", "atomic_folder", "fsync_dir", "fsync_tree", "save_tensors", "temporary_file", "umask_mode", "write_json_atomic",
+]
 
 TMP_PREFIX = ".tmp-"  # temporary siblings start with this (readers skip them; cleaners remove them)
+
+
+def umask_mode(base: int = 0o666) -> int:
+    """``base`` under the process umask: the mode ``open()`` would give a new file (0o777 for folders)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
+def temporary_file(path: Path, suffix: str = "") -> Path:
+    """An empty temporary sibling of ``path`` with the mode a plain ``open()`` would give it (not mkstemp's 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, umask_mode(0o666))
+    return Path(tmp)
+
+
+def save_tensors(tensors: dict[str, Any], path: str | os.PathLike, metadata: Optional[dict[str, str]] = None) -> None:
+    """safetensors ``save_file`` with the user's umask (safetensors itself creates files 0600)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, umask_mode(0o666))
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -34,6 +59,16 @@ def fsync_dir(path: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _apply_umask(root: Path) -> None:
+    """Give every file and folder under ``root`` the mode a plain ``open()`` / ``mkdir()`` would (0644 / 0755 under umask 022)."""
+    file_mode, dir_mode = umask_mode(0o666), umask_mode(0o777)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), dir_mode)
+        for name in files:
+            os.chmod(os.path.join(folder, name), file_mode)
 
 
 def fsync_tree(root: str | os.PathLike) -> None:
@@ -51,9 +86,9 @@ def fsync_tree(root: str | os.PathLike) -> None:
 def write_json_atomic(path: str | os.PathLike, data: Any, indent: int = 1) -> None:
     """Write ``data`` as JSON to ``path`` through a fsynced temporary file and a rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = temporary_file(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=indent)
             f.write("\n")
             f.flush()
@@ -75,8 +110,10 @@ def atomic_folder(directory: str | os.PathLike, backup: Optional[str | os.PathLi
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{directory.name}-", dir=directory.parent))
+    os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700: give the folder the user's usual mode
     try:
         yield tmp
+        _apply_umask(tmp)
         fsync_tree(tmp)
         if directory.exists():
             old = Path(backup) if backup is not None else directory.with_name(f".old-{directory.name}")

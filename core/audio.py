@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,8 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+
+from .atomic import temporary_file
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -214,8 +215,7 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, su
     if subtype.startswith("PCM"):
         arr = np.clip(arr, -1.0, 1.0)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=f".tmp{p.suffix}", dir=p.parent)
-    os.close(fd)
+    tmp = temporary_file(p, suffix=f".tmp{p.suffix}")  # the user's umask, not mkstemp's 0600
     try:
         fmt = p.suffix.lstrip(".").upper() or None
         sf.write(tmp, arr, int(sample_rate), subtype=subtype, format=fmt)

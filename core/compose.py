@@ -7,6 +7,7 @@ the full key path and what would have been valid.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import typing
@@ -17,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .component import component_fields
 from .errors import ConfigError
 from .registry import RegistryError, get_registry, unknown_name_message
 
@@ -75,41 +77,73 @@ def load_config(source: str | Path | dict | DictConfig, overrides: Sequence[str]
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """Apply dotlist overrides in order; list items are addressed by index (``train.stages.0.lr=1e-3``)."""
+    """Apply dotlist overrides in order; list items are addressed by index (``train.stages.0.lr=1e-3``).
+
+    Component nodes follow Hydra's rules: ``vocoder=tone`` or ``vocoder={name: tone, ...}`` replaces
+    the node (the old component's settings go, the new one's defaults apply); ``vocoder.num_units=759``
+    edits it; ``vocoder.name=tone`` alone keeps the settings the new component has and drops the rest,
+    with a warning. The same holds for nested component nodes (``scheduler.speech=linear``)."""
     import yaml
 
     for item in overrides:
         key, _, raw = item.partition("=")
         key = key.strip()
-        if not key:
-            raise ConfigError(f"override {item!r} must look like key.path=value")
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} must look like key.path=value (no empty key between dots)")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
+        parts = key.split(".")
+        if parts[0] == "tasks" and cfg.get("tasks") is None:
+            from .formats import DEFAULT_TASKS  # formats -> compose: imported here
+
+            cfg["tasks"] = copy.deepcopy(DEFAULT_TASKS)  # edit the default tasks, not a new list in their place
         try:
-            if key in COMPONENT_SECTIONS and isinstance(value, (str, dict)):
-                # `vocoder=tone` / `vocoder={name: tone, ...}` replaces the node: the old settings go
-                cfg[key] = {"name": value} if isinstance(value, str) else value
+            if isinstance(value, (str, dict)) and component_kind_at(cfg, parts) is not None:
+                node = {"name": value} if isinstance(value, str) else value
+                OmegaConf.update(cfg, key, node, merge=False)  # replace the whole node
                 continue
             OmegaConf.update(cfg, key, value, merge=True)
         except (OmegaConfBaseException, ValueError, IndexError, KeyError) as exc:
             raise ConfigError(f"override {item!r}: {str(exc).splitlines()[0]}") from None
-        section, _, rest = key.partition(".")
-        if rest == "name" and section in COMPONENT_SECTIONS:
-            _drop_foreign_settings(cfg, section)
+        if parts[-1] == "name" and len(parts) > 1 and component_kind_at(cfg, parts[:-1]) is not None:
+            _drop_foreign_settings(cfg, parts[:-1])
     return cfg
 
 
-def _drop_foreign_settings(cfg: DictConfig, section: str) -> None:
-    """After ``<section>.name=...``: drop the settings the newly named component does not have, with a warning."""
+def component_kind_at(cfg: Any, parts: Sequence[str]) -> str | None:
+    """The component kind of the node at key path ``parts`` (``["scheduler", "speech"]`` -> schedulers), or None."""
+    if not parts or parts[0] not in COMPONENT_SECTIONS:
+        return None
+    kind, node = COMPONENT_SECTIONS[parts[0]], cfg.get(parts[0]) if hasattr(cfg, "get") else None
+    for part in parts[1:]:
+        name = node if isinstance(node, str) else (node.get("name") if hasattr(node, "get") else None)
+        try:
+            cls = get_registry().get(kind, str(name))
+        except RegistryError:
+            return None
+        nested = component_fields(cls.Config)
+        if part not in nested:
+            return None
+        kind = nested[part]
+        node = node.get(part) if hasattr(node, "get") else None
+        if node is None:
+            node = {f.name: f.default_factory() for f in dataclasses.fields(cls.Config) if f.name == part}.get(part)
+    return kind
+
+
+def _drop_foreign_settings(cfg: DictConfig, parts: Sequence[str]) -> None:
+    """After ``<node>.name=...``: drop the settings the newly named component does not have, with a warning."""
     import warnings
 
-    node = cfg.get(section)
-    if not isinstance(node, DictConfig):
+    path = ".".join(parts)
+    node = OmegaConf.select(cfg, path)
+    kind = component_kind_at(cfg, parts)
+    if not isinstance(node, DictConfig) or kind is None:
         return
     try:
-        cls = get_registry().get(COMPONENT_SECTIONS[section], str(node.get("name")))
+        cls = get_registry().get(kind, str(node.get("name")))
     except RegistryError:
         return  # validation names the unknown component
     known = {f.name for f in dataclasses.fields(cls.Config)}
@@ -118,10 +152,15 @@ def _drop_foreign_settings(cfg: DictConfig, section: str) -> None:
         del node[k]
     if foreign:
         warnings.warn(
-            f"{section}.name={node.get('name')}: dropped {', '.join(f'{section}.{k}' for k in foreign)} "
-            f"(not settings of the new {section})",
+            f"{path}.name={node.get('name')}: dropped {', '.join(f'{path}.{k}' for k in foreign)} "
+            f"(not settings of {kind} {node.get('name')!r})",
+            ConfigWarning,
             stacklevel=3,
         )
+
+
+class ConfigWarning(UserWarning):
+    """A config change the composer made on its own (printed as one line by the CLI)."""
 
 
 def _type_name(tp: Any) -> str:
@@ -136,7 +175,10 @@ def _type_name(tp: Any) -> str:
 
 
 def validate_settings(schema: type, settings: dict[str, Any], path: str, what: str) -> Any:
-    """Validate ``settings`` against dataclass ``schema``; return a ``schema`` instance."""
+    """Validate ``settings`` against dataclass ``schema``; return a ``schema`` instance.
+
+    Settings declared with :func:`~diffuspeech.component.component_field` are component nodes:
+    each is validated against its own component's ``Config`` (at ``<path>.<key>``)."""
     fields = {f.name: f for f in dataclasses.fields(schema)}
     hints = typing.get_type_hints(schema)
     for key in settings:
@@ -147,8 +189,19 @@ def validate_settings(schema: type, settings: dict[str, Any], path: str, what: s
             if close:
                 msg += f". Did you mean {close[0]!r}?"
             raise ConfigError(msg)
+    nested = {}
+    settings = dict(settings)
+    for key, kind in component_fields(schema).items():
+        if key in settings:
+            node = settings.pop(key)
+            node = {"name": node} if isinstance(node, str) else _as_dict(node, f"{path}.{key}")
+            resolve_component(kind, node, f"{path}.{key}")
+            nested[key] = node
     base = OmegaConf.structured(schema)
     OmegaConf.set_struct(base, True)
+    for name, hint in hints.items():  # a dict-typed setting is an open mapping: its keys are the user's
+        if name in fields and (hint is dict or typing.get_origin(hint) is dict) and isinstance(base.get(name), DictConfig):
+            OmegaConf.set_struct(base[name], False)
     try:
         merged = OmegaConf.merge(base, settings)
         obj = OmegaConf.to_object(merged)
@@ -162,6 +215,8 @@ def validate_settings(schema: type, settings: dict[str, Any], path: str, what: s
             ) from None
         msg = getattr(exc, "msg", str(exc)).splitlines()[0]
         raise ConfigError(f"{path}.{key}: {msg}" if key else f"{path}: {msg}") from None
+    for key, node in nested.items():
+        setattr(obj, key, node)
     return obj
 
 
@@ -175,9 +230,11 @@ def _as_dict(node: Any, path: str) -> dict[str, Any]:
     raise ConfigError(f"{path}: expected a mapping like {{name: ..., ...settings}}, got {node!r}")
 
 
-def resolve_component(kind: str, node: Any, path: str) -> tuple[type, Any, str]:
-    """Validate one component node; return ``(class, settings instance, name)``."""
-    registry = get_registry()
+def resolve_component(kind: str, node: Any, path: str, registry: Any = None) -> tuple[type, Any, str]:
+    """Validate one component node; return ``(class, settings instance, name)``.
+
+    ``registry``: where names are looked up (default: the process-wide one, ``get_registry()``)."""
+    registry = registry if registry is not None else get_registry()
     if isinstance(node, str):  # shorthand: `scheduler: cosine`
         node = {"name": node}
     data = _as_dict(node, path)
@@ -197,19 +254,32 @@ def resolve_component(kind: str, node: Any, path: str) -> tuple[type, Any, str]:
     return cls, settings, str(name)
 
 
-def build_component(kind: str, node: Any, path: str | None = None) -> Any:
-    """Validate ``node`` and construct the component: ``Class(settings)``."""
+def build_component(kind: str, node: Any, path: str | None = None, registry: Any = None) -> Any:
+    """Validate ``node`` and construct the component: ``Class(settings)``.
+
+    ``registry``: a :class:`~diffuspeech.registry.Registry` to look the name up in (default: the
+    process-wide one; ``with registry.activated():`` makes a registry process-wide for a block)."""
     path = path or kind
-    cls, settings, _ = resolve_component(kind, node, path)
+    cls, settings, _ = resolve_component(kind, node, path, registry)
     return cls(settings)
 
 
-def validate_config(cfg: DictConfig | dict) -> None:
-    """Check every section of a full config without building models. Raises ConfigError."""
+def validate_config(cfg: DictConfig | dict, allow_missing: bool = False) -> list[str]:
+    """Check every section of a full config without building models; raises ConfigError.
+
+    ``allow_missing``: values left as ``???`` are checked as if unset (their defaults) instead of
+    being an error. Returns the missing key paths."""
     data = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     _import_section_owners()
     missing = sorted(OmegaConf.missing_keys(data))
-    if missing:
+    if missing and allow_missing:
+        data = data.copy()
+        for key in missing:
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(data, parent) if parent else data
+            if isinstance(node, DictConfig) and leaf in node:
+                del node[leaf]
+    elif missing:
         raise ConfigError(
             f"{missing[0]}: a required value is not set (??? in the config); set it in the file or with an override "
             f"like {missing[0]}=..." + (f" (also unset: {', '.join(missing[1:])})" if len(missing) > 1 else "")
@@ -219,7 +289,6 @@ def validate_config(cfg: DictConfig | dict) -> None:
         key = str(key)
         if key in COMPONENT_SECTIONS:
             resolve_component(COMPONENT_SECTIONS[key], data[key], key)
-            _validate_nested_components(COMPONENT_SECTIONS[key], data[key], key)
         elif key in SECTION_SCHEMAS:
             schema = SECTION_SCHEMAS[key]
             if isinstance(schema, type):
@@ -232,13 +301,4 @@ def validate_config(cfg: DictConfig | dict) -> None:
             if close:
                 msg += f". Did you mean {close[0]!r}?"
             raise ConfigError(msg)
-
-
-def _validate_nested_components(kind: str, node: Any, path: str) -> None:
-    """Settings that are themselves component nodes of the same kind (e.g. per_modality)."""
-    if isinstance(node, str):
-        return
-    for key, value in _as_dict(node, path).items():
-        if isinstance(value, dict) and "name" in value:
-            resolve_component(kind, value, f"{path}.{key}")
-            _validate_nested_components(kind, value, f"{path}.{key}")
+    return missing

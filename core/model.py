@@ -14,6 +14,7 @@ file's folder), so configs and models can be moved as a whole.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -28,6 +29,7 @@ from torch import nn
 
 from . import __version__
 from .atomic import atomic_folder
+from .component import component_fields
 from .compose import COMPONENT_SECTIONS, ConfigError, build_component, load_config, validate_config
 from .formats import TaskSpec, parse_tasks
 from .registry import RegistryError, get_registry
@@ -74,6 +76,7 @@ class SpeechDiffusionModel:
         for section, kind in COMPONENT_SECTIONS.items():
             if section in self.config and self.config[section] is not None:
                 self.components[section] = build_component(kind, self.config[section], section)
+        check_compatible_components(self)
 
     @classmethod
     def from_config_file(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SpeechDiffusionModel:
@@ -117,14 +120,22 @@ class SpeechDiffusionModel:
     # ----------------------------------------------------------------- provenance
     def provenance(self) -> dict[str, Any]:
         registry = get_registry()
-        comps = {}
-        for section, kind in COMPONENT_SECTIONS.items():
-            if section not in self.components:
-                continue
-            node = self.config[section]
+        comps: dict[str, dict[str, str]] = {}
+
+        def record(path: str, kind: str, node: Any) -> None:
             name = node if isinstance(node, str) else node["name"]
             reg = registry.registration(kind, str(name))
-            comps[section] = {"kind": kind, "name": reg.name, "package": reg.package, "version": reg.version, "plugin": reg.plugin}
+            comps[path] = {"kind": kind, "name": reg.name, "package": reg.package, "version": reg.version, "plugin": reg.plugin}
+            for key, nested_kind in component_fields(reg.cls.Config).items():  # e.g. scheduler.speech
+                child = node.get(key) if not isinstance(node, str) else None
+                if child is None:
+                    child = next(f.default_factory() for f in dataclasses.fields(reg.cls.Config) if f.name == key)
+                if child is not None:
+                    record(f"{path}.{key}", nested_kind, child)
+
+        for section, kind in COMPONENT_SECTIONS.items():
+            if section in self.components:
+                record(section, kind, self.config[section])
         return {
             "format": "diffuspeech-model/1",
             "diffuspeech_version": __version__,
@@ -178,6 +189,29 @@ class SpeechDiffusionModel:
         model = cls(load_config(directory / CONFIG, overrides), base_dir=directory)
         model.load_state_dict(load_file(str(directory / WEIGHTS)))
         return model
+
+
+def check_compatible_components(model: SpeechDiffusionModel) -> None:
+    """Tokenizer, vocabulary and vocoder must agree on units and frame rate; raise ConfigError naming both sides."""
+    vocab, tok, voc = model.vocab, model.tokenizer, model.vocoder
+    if tok is not None and int(tok.num_units) > vocab.num_units:
+        raise ConfigError(
+            f"tokenizer produces {int(tok.num_units)} units but vocab.num_units is {vocab.num_units}: "
+            f"set vocab.num_units={int(tok.num_units)} (and the backbone's vocabulary to match), or use a tokenizer with fewer units"
+        )
+    if voc is not None and int(voc.num_units) < vocab.num_units:
+        raise ConfigError(
+            f"vocoder {type(voc).__name__} decodes {int(voc.num_units)} units but the model's vocabulary has "
+            f"vocab.num_units={vocab.num_units}: units >= {int(voc.num_units)} could not be voiced; use a vocoder "
+            f"trained on this tokenizer's units (e.g. vocoder.num_units={vocab.num_units} for one that takes the setting)"
+        )
+    t_rate = getattr(tok, "frame_rate", None) if tok is not None else None
+    v_rate = getattr(voc, "frame_rate", None) if voc is not None else None
+    if t_rate and v_rate and not getattr(voc, "predicts_durations", False) and abs(float(t_rate) - float(v_rate)) > 1e-3 * float(t_rate):
+        raise ConfigError(
+            f"tokenizer makes {float(t_rate):g} units/s but vocoder {type(voc).__name__} expects {float(v_rate):g} units/s: "
+            "the spoken answer would play at the wrong speed; pick a vocoder for this tokenizer's frame rate"
+        )
 
 
 def check_provenance(prov: dict[str, Any], allow_version_mismatch: bool = False, where: str = "model") -> None:

@@ -273,7 +273,7 @@ class Pipeline:
             raise ValueError(f"copies={copies}: the {len(prepared)} prepared rows are not whole groups of {copies} copies per input")
         opts = dataclasses.replace(self.defaults, **overrides) if overrides else self.defaults
         task = self.task(task_name)
-        lengths = {s.field: opts.lengths.get(s.field, s.max_len) for s in task.segments if s.role == TARGET}
+        lengths = self.target_lengths(task_name, task, opts)
         spec, batch = self.canvas(task_name, [p[0] for p in prepared], lengths)
         model = self.model
         sampler = model.sampler if model.sampler is not None else "low_confidence"
@@ -332,6 +332,22 @@ class Pipeline:
         if copies > 1:
             outputs = [self.majority(task, outputs[i : i + copies]) for i in range(0, len(outputs), copies)]
         return outputs
+
+    @staticmethod
+    def target_lengths(task_name: str, task: TaskSpec, opts: DecodeOptions) -> dict[str, int]:
+        """Each target's length budget: ``generation.lengths``, else the segment's ``max_len``, else ``default_length``."""
+        lengths = {}
+        for i, s in enumerate(task.segments):
+            if s.role != TARGET:
+                continue
+            n = opts.lengths.get(s.field, s.max_len if s.max_len is not None else opts.default_length)
+            if n is None:
+                raise ConfigError(
+                    f"task {task_name!r}: target segment {s.field!r} has no length; set generation.lengths.{s.field}=N, "
+                    f"tasks.{task_name}.segments.{i}.max_len=N, or generation.default_length=N"
+                )
+            lengths[s.field] = int(n)
+        return lengths
 
     def attention_name(self) -> str:
         """The model's attention policy as its config names it, for error messages."""

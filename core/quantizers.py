@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from diffuspeech.kmeans import nearest_centroid
+
+from .atomic import save_tensors
 
 __all__ = [
     "KMeansQuantizer",
@@ -61,7 +62,7 @@ def save_centroids(
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
+    save_tensors(tensors, str(tmp), metadata=meta)
     os.replace(tmp, p)
     return p
 

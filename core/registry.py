@@ -11,6 +11,7 @@ or a comma-separated list of entry-point names to skip just those.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import importlib.metadata as md
@@ -341,6 +342,15 @@ class Registry:
         if kind not in KINDS:
             raise RegistryError(f"unknown component kind {kind!r}; valid kinds: {', '.join(KINDS)}")
 
+
+    @contextlib.contextmanager
+    def activated(self):
+        """Make this registry the process-wide one for a ``with`` block (tests, embedding apps)."""
+        previous = reset_registry(self)
+        try:
+            yield self
+        finally:
+            reset_registry(previous)
 
     def get_info(self, kind: str, name: str) -> dict:
         """register()'s keyword arguments for an extension (e.g. a command's help)."""

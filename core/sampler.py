@@ -8,21 +8,33 @@ them to commit. Strategies see only tensors, so they are easy to test and to swa
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 
 from .component import Component
 
-__all__ = ["Sampler", "topk_mask"]
+__all__ = ["STATS", "Sampler", "topk_mask"]
+
+
+STATS = ("margin", "entropy")  # what the engine can give a strategy besides the top-1 confidence
 
 
 class Sampler(Component, ABC):
+    """``needs_stats``: names from :data:`STATS` the strategy reads; the engine then computes them in
+    the same pass as the candidates and calls ``select(..., stats={name: [batch, length] float})``
+    (``margin``: top-1 minus top-2 probability; ``entropy``: of the position's softmax, in nats;
+    both over the ids the position may take, NaN where it may not be revealed now)."""
+
+    needs_stats: ClassVar[tuple[str, ...]] = ()
+
     @abstractmethod
     def select(
         self,
         confidence: torch.Tensor,  # [batch, length] float; -inf where a position may not be revealed now
         num_to_reveal: torch.Tensor,  # [batch] long: the schedule's count for this step
         generator: torch.Generator | None = None,
+        stats: dict[str, torch.Tensor] | None = None,  # [batch, length] each, the needs_stats the engine computed
     ) -> torch.Tensor:
         """Return ``[batch, length]`` bool: positions to reveal at this step.
 

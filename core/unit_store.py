@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from .atomic import save_tensors
 
 __all__ = ["UnitRecord", "UnitStore", "UnitStoreError", "UnitStoreWriter"]
 
@@ -164,7 +165,7 @@ class UnitStoreWriter:
                 tensors[DURATIONS_PREFIX + utt_id] = durations.to(torch.int32).contiguous()
         path = self.directory / name
         tmp = self.directory / f".{name}.tmp"
-        save_file(tensors, str(tmp), metadata={"format": "diffuspeech-units"})
+        save_tensors(tensors, str(tmp), metadata={"format": "diffuspeech-units"})
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

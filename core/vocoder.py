@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -97,10 +97,16 @@ def check_compatible(vocoder: Any, tokenizer: Any, frame_rate_tolerance: float =
 
 
 class Vocoder(Component, ABC):
-    """Turns speech units back into audio at ``sample_rate``; accepts ids in [0, num_units)."""
+    """Turns speech units back into audio at ``sample_rate``; accepts ids in [0, num_units).
+
+    ``frame_rate`` is the units per second it expects (samples per unit = sample_rate / frame_rate);
+    a model checks it against its tokenizer's when it is built. ``None`` (unknown) skips that check;
+    a vocoder that predicts durations itself sets ``predicts_durations = True``."""
 
     sample_rate: int
     num_units: int
+    frame_rate: Optional[float] = None
+    predicts_durations: bool = False
 
     @abstractmethod
     def decode(

@@ -47,7 +47,8 @@ def example_nodes(assets) -> dict[str, dict[str, dict]]:
             "cosine": {"name": "cosine"}, "linear": {"name": "linear"},
             "per_modality": {"name": "per_modality", "text": {"name": "cosine"}, "speech": {"name": "linear"}, "speech_delay": 0.0},
         },
-        "samplers": {"low_confidence": {"name": "low_confidence"}, "random": {"name": "random"}, "threshold": {"name": "threshold"}},
+        "samplers": {"low_confidence": {"name": "low_confidence"}, "random": {"name": "random"}, "threshold": {"name": "threshold"},
+                     "margin": {"name": "margin"}, "entropy": {"name": "entropy"}},
         "attention": {
             "bidirectional": {"name": "bidirectional"}, "causal": {"name": "causal"}, "hybrid": {"name": "hybrid"},
             "block_causal": {"name": "block_causal", "block_size": 4},

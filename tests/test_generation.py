@@ -115,6 +115,12 @@ def llada_reference(model, prompt, steps, gen_length, block_length, temperature=
             if remasking == "low_confidence":
                 p = F.softmax(logits.to(torch.float64), dim=-1)
                 x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1)
+            elif remasking == "margin":  # top-1 minus top-2 probability (margin remasking)
+                top = torch.topk(F.softmax(logits.to(torch.float64), dim=-1), 2, dim=-1).values
+                x0_p = top[..., 0] - top[..., 1]
+            elif remasking == "entropy":  # Dream's entropy remasking: the least uncertain first
+                p = F.softmax(logits.to(torch.float64), dim=-1)
+                x0_p = (p * torch.log(p.clamp_min(1e-300))).sum(dim=-1)  # = -entropy
             else:
                 x0_p = torch.rand(x0.shape)
             x0_p[:, hi:] = -np.inf
@@ -167,6 +173,17 @@ def test_parity_with_llada_reference_at_temperature_zero(model, gen_length, step
         expected = even_split_counts(torch.tensor([block_length]), per_block)[0]
         counts = torch.stack([(seg[0] == b * per_block + s).sum() for s in range(per_block)])
         assert torch.equal(counts, expected)
+
+
+@pytest.mark.parametrize("strategy", ["margin", "entropy"])
+@pytest.mark.parametrize("steps,block_length", [(16, 16), (12, 8)])
+def test_margin_and_entropy_strategies_match_the_reference(model, strategy, steps, block_length):
+    """The engine hands the strategy the kernel's margin / entropy; decoding matches a reference that
+    computes them from the full float64 softmax."""
+    ref = llada_reference(model, PROMPT, steps, 24 if block_length == 8 else 16, block_length, remasking=strategy)
+    canvas = _canvas(PROMPT, ref.shape[1] - PROMPT.shape[1])
+    out = generate(model, canvas, DecodeOptions(steps=steps, block_length=block_length), sampler=strategy)
+    assert torch.equal(out.tokens, ref)
 
 
 def test_even_split_counts():

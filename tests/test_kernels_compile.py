@@ -47,25 +47,28 @@ _SAMPLE_ROWS_ARGS = [
     ("seed_ptr", "*i64", True),
     ("ids_ptr", "*i64", True),
     ("prob_ptr", "*fp32", True),
+    ("margin_ptr", "*fp32", True),
+    ("entropy_ptr", "*fp32", True),
     ("V", "i32", True),
     ("banned_id", "i32", True),
     ("temperature", "fp32", False),  # floats are never specialised
 ]
 _SAMPLE_ROWS_VARIANTS = [
-    # (logits dtype, USE_NOISE, BLOCK_V, aligned): aligned = every pointer 16-byte aligned and
-    # stride_row / V / banned_id multiples of 16 (e.g. V = 128256), unaligned = none of them
-    # (e.g. a sliced logits view, V = 300, banned_id = -1).
-    *[(dt, noise, 4096, aligned) for dt in ("bf16", "fp16", "fp32") for noise in (False, True) for aligned in (True, False)],
-    *[("bf16", noise, block, False) for noise in (False, True) for block in (64, 1024)],
+    # (logits dtype, USE_NOISE, WITH_STATS, BLOCK_V, aligned): aligned = every pointer 16-byte aligned
+    # and stride_row / V / banned_id multiples of 16 (e.g. V = 128256), unaligned = none of them
+    # (e.g. a sliced logits view, V = 300, banned_id = -1). WITH_STATS: margin / entropy samplers.
+    *[(dt, noise, False, 4096, aligned) for dt in ("bf16", "fp16", "fp32") for noise in (False, True) for aligned in (True, False)],
+    *[("bf16", noise, True, 4096, aligned) for noise in (False, True) for aligned in (True, False)],
+    *[("bf16", noise, stats, block, False) for noise in (False, True) for stats in (False, True) for block in (64, 1024)],
 ]
 
 
-def _sample_rows_spec(logits: str, use_noise: bool, block_v: int, aligned: bool) -> dict:
+def _sample_rows_spec(logits: str, use_noise: bool, with_stats: bool, block_v: int, aligned: bool) -> dict:
     signature = {name: ty.format(logits=logits) for name, ty, _ in _SAMPLE_ROWS_ARGS}
     attrs = [[i, DIV16] for i, (_, _, can) in enumerate(_SAMPLE_ROWS_ARGS) if can and aligned]
-    constexprs = {"USE_NOISE": use_noise, "BLOCK_V": block_v}
+    constexprs = {"USE_NOISE": use_noise, "WITH_STATS": with_stats, "BLOCK_V": block_v}
     signature.update({name: "constexpr" for name in constexprs})
-    vid = f"{logits}-noise{int(use_noise)}-B{block_v}-{'aligned' if aligned else 'unaligned'}"
+    vid = f"{logits}-noise{int(use_noise)}-stats{int(with_stats)}-B{block_v}-{'aligned' if aligned else 'unaligned'}"
     return {"id": vid, "signature": signature, "constexprs": constexprs, "attrs": attrs, "options": {"num_warps": 8}}
 
 

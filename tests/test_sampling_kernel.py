@@ -39,6 +39,8 @@ SCRIPT = textwrap.dedent(
     out["dist"] = sample_rows_triton(d, torch.zeros(len(d), dtype=torch.long), torch.full((len(d),), d.shape[1]),
                                      temperature=0.7, generator=g(3))
     out["nan"] = sample_rows_triton(inputs["nan_logits"], lo[:2], hi[:2], block_v=64)
+    out["stats_t0"] = sample_rows_triton(x, lo, hi, banned_id=%(banned)d, block_v=64, with_stats=True)
+    out["stats_t1"] = sample_rows_triton(x, lo, hi, banned_id=%(banned)d, temperature=1.0, generator=g(1), block_v=64, with_stats=True)
     torch.save(out, sys.argv[2])
     """
 ) % {"banned": BANNED}
@@ -118,6 +120,31 @@ def test_kernel_gumbel_samples_follow_the_softmax(triton_run):
     freq = torch.bincount(ids, minlength=d.shape[1]).double() / len(ids)
     expected = torch.softmax(d[0].double() / 0.7, dim=0)
     assert (freq - expected).abs().max() < 0.075  # 400 draws: ~3.3 standard errors; T=1 would be off by 0.14
+
+
+def _naive_stats(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, banned: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Independent reference: float64 masked softmax -> (top-1 minus top-2 probability, entropy in nats)."""
+    cols = torch.arange(x.shape[1])
+    ok = (cols >= lo[:, None]) & (cols < hi[:, None]) & (cols != banned)
+    p = torch.softmax(x.double().masked_fill(~ok, float("-inf")), dim=-1)
+    top = torch.sort(p, dim=-1, descending=True).values
+    entropy = -(p * torch.log(p.clamp_min(1e-300))).sum(dim=-1)
+    return top[:, 0] - top[:, 1], entropy
+
+
+def test_stats_match_the_softmax_on_every_backend(triton_run):
+    inputs, out = triton_run
+    x, lo, hi = inputs["logits"], inputs["lo"], inputs["hi"]
+    margin_n, entropy_n = _naive_stats(x, lo, hi, BANNED)
+    ids_t, p_t, margin_t, entropy_t = sample_rows_torch(x, lo, hi, banned_id=BANNED, with_stats=True)
+    torch.testing.assert_close(margin_t.double(), margin_n, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(entropy_t.double(), entropy_n, rtol=1e-5, atol=1e-5)
+    for key in ("stats_t0", "stats_t1"):  # the kernel computes them in the same pass, noise or not
+        ids_k, p_k, margin_k, entropy_k = out[key]
+        torch.testing.assert_close(margin_k.double(), margin_n, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(entropy_k.double(), entropy_n, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out["stats_t0"][0], ids_t)  # asking for stats changes nothing else
+    assert torch.equal(out["stats_t1"][0], out["t1_a"][0])
 
 
 def test_kernel_and_torch_path_flag_nan_logits(triton_run):

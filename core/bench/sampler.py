@@ -151,7 +151,7 @@ def _cpu_step(args) -> dict[str, Any]:
         rows = max(1, opts.max_logits_bytes // (4 * VOCAB))
 
         def step():
-            ids, prob = _sample_candidates(model, hidden[need], None, lo, hi, opts, MASK_ID, gen_, "torch", rows)
+            ids, prob, _ = _sample_candidates(model, hidden[need], None, lo, hi, opts, MASK_ID, gen_, "torch", rows)
             conf = torch.full(x.shape, -math.inf).masked_scatter(need, prob)
             reveal = strategy.select(conf, k, gen_)
             return torch.where(reveal, x.masked_scatter(need, ids), x)

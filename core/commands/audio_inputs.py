@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,25 +21,6 @@ from ..manifest import BadRow, ManifestError, read_manifest
 class AudioEntry:
     id: str
     audio: Path  # resolved path
-
-
-def allow_intermixed(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Let ``key=value`` overrides come after options (``tokenize m.jsonl --out d tokenizer.path=c``).
-
-    Plain argparse stops filling a ``nargs="*"`` positional once an option has been seen; the
-    intermixed parser (Python >= 3.7) collects positionals from anywhere on the line.
-    """
-    plain = parser.parse_known_args  # the intermixed parser calls it twice internally
-
-    def parse_known_args(args=None, namespace=None):
-        parser.parse_known_args = plain  # type: ignore[method-assign]
-        try:
-            return parser.parse_known_intermixed_args(args, namespace)
-        finally:
-            parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
-
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
-    return parser
 
 
 def read_audio_manifest(path: str | Path) -> list[AudioEntry]:

@@ -17,7 +17,8 @@ from ..audio import is_silent
 from ..compose import ConfigError
 from ..registry import get_registry
 from ..unit_store import FAILED_FILE, UnitStoreWriter
-from .audio_inputs import allow_intermixed, build_tokenizer, load_batches, pad_batch, read_audio_manifest, tokenizer_node
+from .arguments import allow_intermixed
+from .audio_inputs import build_tokenizer, load_batches, pad_batch, read_audio_manifest, tokenizer_node
 
 EXIT_SOME_FAILED = 3
 

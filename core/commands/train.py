@@ -10,12 +10,15 @@ import logging
 import os
 import sys
 
+from .arguments import allow_intermixed
+
 
 def configure(p) -> None:
     p.add_argument("config", help="YAML config with model sections plus `train:` and `data:`")
     p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. data.manifest=data/train.jsonl train.stages.0.steps=50")
     p.add_argument("--out", default=None, help="run folder (default: train.out, else runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    allow_intermixed(p)  # overrides may come after --out / --resume, as in generate
     p.set_defaults(func=run)
 
 

@@ -393,11 +393,13 @@ def _denoise_step(
     h = hidden[:bsz][need_w]  # [N, D]
     hu = hidden[bsz:][need_w] if use_cfg else None  # [N, D]
     scored += need_w.sum()
-    ids, prob = _sample_candidates(
-        backbone, h, hu, plan.lo[need], plan.hi[need], options, plan.mask_id, generator, backend, head_rows
-    )  # [N], [N]
+    wanted = tuple(getattr(strategy, "needs_stats", ()))
+    ids, prob, extra = _sample_candidates(
+        backbone, h, hu, plan.lo[need], plan.hi[need], options, plan.mask_id, generator, backend, head_rows, bool(wanted)
+    )  # [N], [N], {margin, entropy: [N]}
     state.nan_seen |= torch.isnan(prob).any()
     confidence = torch.full(shape, float("-inf"), device=tokens.device).masked_scatter(need, prob)  # [B, L]
+    stats = {k: torch.full(shape, float("nan"), device=tokens.device).masked_scatter(need, extra[k]) for k in wanted} or None
     candidate = tokens.masked_scatter(need, ids)  # [B, L]
     if plan.defer is not None:
         confidence = torch.where(need & torch.isin(candidate, plan.defer), 0.0, confidence)
@@ -405,7 +407,11 @@ def _denoise_step(
     reveal = torch.zeros_like(need)
     for g in range(plan.num_groups):
         scores = torch.where(eligible[g], confidence, float("-inf"))
-        reveal |= strategy.select(scores, counts[g], generator) & eligible[g]
+        if stats is None:
+            reveal |= strategy.select(scores, counts[g], generator) & eligible[g]
+        else:
+            group_stats = {k: torch.where(eligible[g], v, float("nan")) for k, v in stats.items()}
+            reveal |= strategy.select(scores, counts[g], generator, stats=group_stats) & eligible[g]
     state.tokens = torch.where(reveal, candidate, tokens)
     state.masked = state.masked & ~reveal
     if options.record_trajectory:
@@ -429,21 +435,28 @@ def _sample_candidates(
     generator: torch.Generator | None,
     backend: str,
     head_rows: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output head + guidance + fused sampling in row chunks: ``(ids [N], prob [N])``."""
-    ids, probs = [], []
+    with_stats: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Output head + guidance + fused sampling in row chunks: ``(ids [N], prob [N], stats)``;
+    ``stats`` holds ``margin``/``entropy`` ``[N]`` when ``with_stats`` (from the same kernel pass)."""
+    ids, probs, margins, entropies = [], [], [], []
     for start in range(0, max(1, h.shape[0]), head_rows):
         sl = slice(start, start + head_rows)
         logits = backbone.logits(h[sl])  # [n, V]
         if hu is not None:
             uncond = backbone.logits(hu[sl]).float()  # [n, V]
             logits = uncond + (options.cfg_scale + 1.0) * (logits.float() - uncond)
-        i, p = sample_rows(
-            logits, lo[sl], hi[sl], banned_id=mask_id, temperature=options.temperature, generator=generator, backend=backend
+        out = sample_rows(
+            logits, lo[sl], hi[sl], banned_id=mask_id, temperature=options.temperature, generator=generator, backend=backend,
+            with_stats=with_stats,
         )
-        ids.append(i)
-        probs.append(p)
-    return torch.cat(ids), torch.cat(probs)
+        ids.append(out[0])
+        probs.append(out[1])
+        if with_stats:
+            margins.append(out[2])
+            entropies.append(out[3])
+    stats = {"margin": torch.cat(margins), "entropy": torch.cat(entropies)} if with_stats else {}
+    return torch.cat(ids), torch.cat(probs), stats
 
 
 def _early_stop(

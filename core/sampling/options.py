@@ -39,6 +39,7 @@ class DecodeOptions:
     cfg_scale: float = 0.0  # classifier-free guidance: logits = u + (scale + 1) * (c - u); 0 = off
     use_scheduler: bool = True  # reveal counts follow the model's `scheduler` (per modality); False = LLaDA's even split
     lengths: dict[str, int] = field(default_factory=dict)  # target field -> length budget (default: the segment's max_len)
+    default_length: Optional[int] = 64  # budget of a target with neither max_len nor a `lengths` entry (early stop ends it sooner); None = an error
     seed: Optional[int] = 0  # sampling seed (reproducible outputs); None = a fresh draw
     backend: str = "auto"  # sampling kernel: auto (Triton on CUDA, torch elsewhere) | triton | torch
     kv_cache: str = "none"  # approximate KV cache within each block (Fast-dLLM): none | prefix | dual; needs block_length
@@ -86,5 +87,7 @@ def check_options(options: DecodeOptions) -> None:
             f"generation.kv_cache={options.kv_cache!r} caches keys/values between the steps of a block: set block_length "
             "(e.g. 32) for semi-autoregressive decoding, or use kv_cache='none'"
         )
+    if options.default_length is not None and (isinstance(options.default_length, bool) or options.default_length < 1):
+        raise GenerationError(f"generation.default_length must be a positive integer or null, got {options.default_length!r}")
     if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in options.lengths.values()):
         raise GenerationError(f"generation.lengths: lengths must be integers >= 0, got {dict(options.lengths)}")

@@ -78,7 +78,12 @@ def check_sampler(sampler: Any, **_: Any) -> None:
             conf[-1] = float("-inf")  # a row with nothing eligible
         for k in (0, 1, length):
             num = torch.full((batch,), k, dtype=torch.long)  # [B]
-            chosen = sampler.select(conf.clone(), num, torch.Generator().manual_seed(1))
+            stats = None
+            if getattr(sampler, "needs_stats", ()):
+                stats = {name: torch.where(torch.isfinite(conf), torch.rand(conf.shape, generator=g), float("nan")) for name in sampler.needs_stats}
+                chosen = sampler.select(conf.clone(), num, torch.Generator().manual_seed(1), stats=stats)
+            else:
+                chosen = sampler.select(conf.clone(), num, torch.Generator().manual_seed(1))
             if not isinstance(chosen, torch.Tensor) or chosen.dtype != torch.bool or chosen.shape != conf.shape:
                 _fail(sampler, f"select must return a [B, L] bool tensor, got {getattr(chosen, 'dtype', type(chosen))} {tuple(getattr(chosen, 'shape', ()))}")
             if bool((chosen & torch.isinf(conf)).any()):

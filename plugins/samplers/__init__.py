@@ -5,10 +5,14 @@ from diffuspeech.hookspecs import hookimpl
 
 @hookimpl
 def register_samplers(register):
+    from .entropy import EntropySampler
     from .low_confidence import LowConfidenceSampler
+    from .margin import MarginSampler
     from .random import RandomSampler
     from .threshold import ThresholdSampler
 
     register("low_confidence", LowConfidenceSampler)
     register("random", RandomSampler)
     register("threshold", ThresholdSampler)
+    register("margin", MarginSampler)
+    register("entropy", EntropySampler)

@@ -22,5 +22,6 @@ class LowConfidenceSampler(Sampler):
         confidence: torch.Tensor,  # [B, L] float, -inf = not eligible
         num_to_reveal: torch.Tensor,  # [B] long
         generator: torch.Generator | None = None,
+        stats: dict[str, torch.Tensor] | None = None,  # unused: this strategy reads the confidence only
     ) -> torch.Tensor:
         return topk_mask(confidence, num_to_reveal)  # [B, L] bool

@@ -21,6 +21,7 @@ class RandomSampler(Sampler):
         confidence: torch.Tensor,  # [B, L] float, -inf = not eligible
         num_to_reveal: torch.Tensor,  # [B] long
         generator: torch.Generator | None = None,
+        stats: dict[str, torch.Tensor] | None = None,  # unused: this strategy reads the confidence only
     ) -> torch.Tensor:
         noise = torch.rand(confidence.shape, device=confidence.device, generator=generator)  # [B, L]
         scores = torch.where(torch.isfinite(confidence), noise, float("-inf"))

@@ -38,6 +38,7 @@ class ThresholdSampler(Sampler):
         confidence: torch.Tensor,  # [B, L] float, -inf = not eligible
         num_to_reveal: torch.Tensor,  # [B] long
         generator: torch.Generator | None = None,
+        stats: dict[str, torch.Tensor] | None = None,  # unused: this strategy reads the confidence only
     ) -> torch.Tensor:
         if self.config.factor is None:
             confident = (confidence >= float(self.config.threshold)).sum(dim=1)  # [B]

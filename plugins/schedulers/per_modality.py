@@ -12,11 +12,12 @@ answer stays fully masked until the text thinking is half revealed ("thinking fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from diffuspeech.component import component_field
 from diffuspeech.modality import SPEECH, TEXT
 from diffuspeech.scheduler import MaskScheduler
 
@@ -24,8 +25,8 @@ from diffuspeech.scheduler import MaskScheduler
 class PerModalitySchedule(MaskScheduler):
     @dataclass
     class Config:
-        text: Any = field(default_factory=lambda: {"name": "cosine"})  # schedule node for text tokens
-        speech: Any = field(default_factory=lambda: {"name": "cosine"})  # schedule node for speech units
+        text: Any = component_field("schedulers", "cosine")  # schedule node for text tokens ({name: ..., ...settings})
+        speech: Any = component_field("schedulers", "cosine")  # schedule node for speech units
         speech_delay: float = 0.0  # 0 = joint; >0 holds speech masked while text starts revealing
 
     def __init__(self, config: Any = None) -> None:

@@ -17,7 +17,8 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from diffuspeech.commands.audio_inputs import allow_intermixed, audio_entries, build_tokenizer, load_batches, pad_batch, tokenizer_node
+from diffuspeech.commands.arguments import allow_intermixed
+from diffuspeech.commands.audio_inputs import audio_entries, build_tokenizer, load_batches, pad_batch, tokenizer_node
 from diffuspeech.errors import ConfigError
 from diffuspeech.kmeans import fit_kmeans
 from diffuspeech.registry import RegistryError, get_registry

@@ -97,12 +97,16 @@ def sample_rows_torch(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     max_chunk_bytes: int = 256 << 20,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PyTorch backend of :func:`sample_rows`; returns ``(ids [N] long, prob [N] float32)``."""
+    with_stats: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """PyTorch backend of :func:`sample_rows`; returns ``(ids [N] long, prob [N] float32)`` and,
+    ``with_stats``, ``margin [N]`` and ``entropy [N]``."""
     _check_args(logits, lo, hi, temperature)
     n, v = logits.shape
     ids = torch.empty(n, dtype=torch.long, device=logits.device)
     prob = torch.empty(n, dtype=torch.float32, device=logits.device)
+    margin = torch.empty(n if with_stats else 0, dtype=torch.float32, device=logits.device)
+    entropy = torch.empty(n if with_stats else 0, dtype=torch.float32, device=logits.device)
     rows = max(1, max_chunk_bytes // max(1, 4 * v * (2 if temperature > 0 else 1)))
     cols = torch.arange(v, device=logits.device)  # [V]
     restricted = bool((lo > 0).any() or (hi < v).any())  # one host sync: skip the range mask when unused
@@ -123,7 +127,19 @@ def sample_rows_torch(
             choice = torch.argmax(x, dim=-1)  # [n]
         ids[sl] = choice
         prob[sl] = torch.exp(x.gather(1, choice[:, None]).squeeze(1) - lse)
-    return ids, prob
+        if with_stats:
+            margin[sl], entropy[sl] = _stats(x, lse)
+    return (ids, prob, margin, entropy) if with_stats else (ids, prob)
+
+
+def _stats(x: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [n, V]`` float32 logits (-inf where not allowed), ``lse [n]`` -> ``(margin [n], entropy [n])``."""
+    top = torch.topk(x, k=min(2, x.shape[1]), dim=-1).values  # [n, 2]
+    second = top[:, 1] if top.shape[1] > 1 else torch.full_like(lse, float("-inf"))
+    margin = torch.exp(top[:, 0] - lse) - torch.exp(second - lse)  # [n] top-1 minus top-2 probability
+    d = x - lse[:, None]  # [n, V] log-probabilities (-inf where not allowed)
+    p = torch.exp(d)  # [n, V]
+    return margin, -torch.where(p > 0, p * d, 0.0).sum(dim=-1)  # entropy = -sum p log p, per element: no cancellation
 
 
 def sample_rows(
@@ -135,8 +151,11 @@ def sample_rows(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen id ``[N] long`` and its softmax probability ``[N] float32`` for each row.
+    with_stats: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """Chosen id ``[N] long`` and its softmax probability ``[N] float32`` for each row; with
+    ``with_stats`` also the top-1 minus top-2 probability ``margin [N]`` and the ``entropy [N]``
+    (nats) of the clean softmax over the allowed ids, from the same pass.
 
     Ids outside ``[lo, hi)`` and ``banned_id`` are never chosen and do not count in the
     softmax. At ``temperature == 0`` the choice is the first argmax (like ``torch.argmax``)
@@ -153,5 +172,7 @@ def sample_rows(
     if resolve_backend(backend, logits.device) == "triton":
         from .sampling_triton import sample_rows_triton
 
-        return sample_rows_triton(logits, lo, hi, banned_id=banned_id, temperature=temperature, generator=generator)
-    return sample_rows_torch(logits, lo, hi, banned_id=banned_id, temperature=temperature, generator=generator)
+        return sample_rows_triton(
+            logits, lo, hi, banned_id=banned_id, temperature=temperature, generator=generator, with_stats=with_stats
+        )
+    return sample_rows_torch(logits, lo, hi, banned_id=banned_id, temperature=temperature, generator=generator, with_stats=with_stats)

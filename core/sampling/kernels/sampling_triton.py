@@ -2,7 +2,10 @@
 
 One program per row walks the allowed id range ``[lo, hi)`` in chunks of ``BLOCK_V``
 ids, keeping in registers the running max and sum of exponentials (online softmax) and
-the best score so far with its id and clean logit. Gumbel noise is drawn in the kernel
+the best score so far with its id and clean logit (and, with ``WITH_STATS``, the two largest
+clean logits and the running sum of ``exp(x - max) * (x - max)``: the top-2 margin and the
+entropy, at no extra read of the logits; both stay relative to the running max, so large
+logits lose no precision). Gumbel noise is drawn in the kernel
 with Philox (``tl.rand``) from a seed read from a device tensor, at offset
 ``row * V + id``, so results are reproducible for a given seed and no host sync happens.
 Only chunks overlapping ``[lo, hi)`` are read: a speech-only row reads 500 ids, not 127k.
@@ -30,10 +33,13 @@ def _sample_rows_kernel(
     seed_ptr,  # [1] int64
     ids_ptr,  # [N] int64 out
     prob_ptr,  # [N] float32 out
+    margin_ptr,  # [N] float32 out (WITH_STATS): top-1 minus top-2 probability of the clean logits
+    entropy_ptr,  # [N] float32 out (WITH_STATS): entropy (nats) of the clean softmax
     V,
     banned_id,
     temperature,
     USE_NOISE: tl.constexpr,
+    WITH_STATS: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -49,6 +55,9 @@ def _sample_rows_kernel(
     best_score = tl.full((), neg_inf, tl.float32)
     best_clean = tl.full((), neg_inf, tl.float32)
     best_id = lo
+    run_sd = tl.zeros((), tl.float32)  # sum exp(x - run_max) * (x - run_max) (WITH_STATS: entropy = log S - run_sd / S)
+    top1 = tl.full((), neg_inf, tl.float32)  # the two largest clean logits (WITH_STATS: margin)
+    top2 = tl.full((), neg_inf, tl.float32)
     if USE_NOISE:
         seed = tl.load(seed_ptr)
 
@@ -61,7 +70,17 @@ def _sample_rows_kernel(
         # online softmax statistics
         new_max = tl.maximum(run_max, tl.max(x, axis=0))
         safe_max = tl.where(new_max == neg_inf, 0.0, new_max)
-        run_sum = run_sum * tl.exp(run_max - safe_max) + tl.sum(tl.where(ok, tl.exp(x - safe_max), 0.0), axis=0)
+        scale = tl.exp(run_max - safe_max)
+        ex = tl.where(ok, tl.exp(x - safe_max), 0.0)
+        if WITH_STATS:  # rescale to the new max: sum e^(x-m')(x-m') = e^(m-m') (sum e^(x-m)(x-m) + (m-m') S)
+            moved = tl.where(run_sum > 0, scale * (run_sd + (run_max - safe_max) * run_sum), 0.0)
+            run_sd = moved + tl.sum(tl.where(ok, ex * (x - safe_max), 0.0), axis=0)
+            c1 = tl.max(x, axis=0)
+            c1_arg = tl.argmax(x, axis=0)
+            c2 = tl.max(tl.where(lanes == c1_arg, neg_inf, x), axis=0)
+            top2 = tl.maximum(tl.maximum(top2, c2), tl.minimum(top1, c1))
+            top1 = tl.maximum(top1, c1)
+        run_sum = run_sum * scale + tl.sum(ex, axis=0)
         run_max = new_max
 
         # the candidate: argmax of x (+ temperature * Gumbel)
@@ -82,6 +101,9 @@ def _sample_rows_kernel(
 
     tl.store(ids_ptr + row, best_id)
     tl.store(prob_ptr + row, tl.exp(best_clean - run_max) / run_sum)
+    if WITH_STATS:
+        tl.store(margin_ptr + row, (tl.exp(top1 - run_max) - tl.exp(top2 - run_max)) / run_sum)
+        tl.store(entropy_ptr + row, tl.log(run_sum) - run_sd / run_sum)
 
 
 def sample_rows_triton(
@@ -93,16 +115,20 @@ def sample_rows_triton(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     block_v: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the kernel; returns ``(ids [N] long, prob [N] float32)``."""
+    with_stats: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """Launch the kernel; returns ``(ids [N] long, prob [N] float32)`` and, ``with_stats``,
+    ``margin [N]`` and ``entropy [N]`` float32 from the same pass over the logits."""
     n, v = logits.shape
     device = logits.device
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     ids = torch.empty(n, dtype=torch.long, device=device)
     prob = torch.empty(n, dtype=torch.float32, device=device)
+    margin = torch.empty(n if with_stats else 1, dtype=torch.float32, device=device)
+    entropy = torch.empty(n if with_stats else 1, dtype=torch.float32, device=device)
     if n == 0:
-        return ids, prob
+        return (ids, prob, margin, entropy) if with_stats else (ids, prob)
     use_noise = temperature > 0
     if use_noise:
         gen_device = generator.device if generator is not None else device
@@ -119,11 +145,14 @@ def sample_rows_triton(
         seed,
         ids,
         prob,
+        margin,
+        entropy,
         v,
         banned_id,
         float(temperature),
         USE_NOISE=use_noise,
+        WITH_STATS=with_stats,
         BLOCK_V=block_v,
         num_warps=8 if device.type == "cuda" else 1,
     )
-    return ids, prob
+    return (ids, prob, margin, entropy) if with_stats else (ids, prob)

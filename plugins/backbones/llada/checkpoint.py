@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
+
+from diffuspeech.atomic import save_tensors
 
 from .arch import LLaDAArch, arch_from_hf_config, arch_to_hf_config
 
@@ -229,7 +230,7 @@ def save_llada_folder(
     for i, shard in enumerate(tqdm(shards, desc=f"writing {out.name}", unit="shard", disable=count < 2)):
         fname = SINGLE_FILE if count == 1 else f"model-{i + 1:05d}-of-{count:05d}.safetensors"
         tensors = {key: p.detach().to(device="cpu", dtype=target).contiguous() for key, p in shard}
-        save_file(tensors, str(out / fname), metadata={"format": "pt"})
+        save_tensors(tensors, str(out / fname), metadata={"format": "pt"})
         for key, t in tensors.items():
             weight_map[key] = fname
             total += t.numel() * t.element_size()

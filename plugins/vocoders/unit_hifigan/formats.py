@@ -27,7 +27,9 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from diffuspeech.atomic import save_tensors
 
 from .arch import UnitHifigan, UnitHifiganArch
 
@@ -144,7 +146,7 @@ def save_diffuspeech(model: UnitHifigan, folder: str | Path, extra: dict | None 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / DIFFUSPEECH_WEIGHTS))
+    save_tensors(state, str(folder / DIFFUSPEECH_WEIGHTS))
     meta = {"format": DIFFUSPEECH_FORMAT_TAG, "arch": model.arch.to_dict(), **(extra or {})}
     (folder / DIFFUSPEECH_META).write_text(json.dumps(meta, indent=2) + "\n")
     return folder
