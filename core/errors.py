@@ -5,7 +5,7 @@ The CLI prints them as one line (no traceback) and exits 2.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "MissingDependencyError", "UserError"]
+__all__ = ["ConfigError", "MissingDependencyError", "ModelError", "UserError"]
 
 
 class UserError(ValueError):
@@ -18,3 +18,7 @@ class ConfigError(UserError):
 
 class MissingDependencyError(UserError):
     """An optional dependency (an extra such as ``diffuspeech[arith]``) is not installed."""
+
+
+class ModelError(UserError):
+    """A saved model folder or weights file that cannot be used as given (the message names the file)."""

@@ -31,6 +31,7 @@ from . import __version__
 from .atomic import atomic_folder
 from .component import component_fields
 from .compose import COMPONENT_SECTIONS, ConfigError, build_component, load_config, validate_config
+from .errors import ModelError
 from .formats import TaskSpec, parse_tasks
 from .registry import RegistryError, get_registry
 from .vocab import Vocab, VocabConfig
@@ -110,12 +111,23 @@ class SpeechDiffusionModel:
                 unexpected.append(key)
         problems = []
         for section, module in modules.items():
+            own = module.state_dict()
+            for key, value in grouped[section].items():  # shapes first: torch raises on them even when not strict
+                if key in own and tuple(own[key].shape) != tuple(value.shape):
+                    problems.append(f"shape of {section}.{key}: saved {tuple(value.shape)}, composed {tuple(own[key].shape)}")
+            if any(p.startswith(f"shape of {section}.") for p in problems):
+                continue
             result = module.load_state_dict(grouped[section], strict=False)
             problems += [f"missing {section}.{k}" for k in result.missing_keys]
             problems += [f"unexpected {section}.{k}" for k in result.unexpected_keys]
         problems += [f"unexpected {k} (no component {k.partition('.')[0]!r} in the config)" for k in unexpected]
         if strict and problems:
-            raise RuntimeError("weights do not match the composed model:\n  " + "\n  ".join(problems[:50]))
+            more = f"; and {len(problems) - 8} more" if len(problems) > 8 else ""
+            raise ModelError(
+                f"the weights do not match the composed model ({len(problems)} problems): " + "; ".join(problems[:8]) + more
+                + ". The config (with its overrides) describes another network than the one saved: keep the saved "
+                "architecture (drop overrides of its shape), or train the new config"
+            )
 
     # ----------------------------------------------------------------- provenance
     def provenance(self) -> dict[str, Any]:
@@ -187,7 +199,14 @@ class SpeechDiffusionModel:
         prov = json.loads((directory / PROVENANCE).read_text())
         check_provenance(prov, allow_version_mismatch=allow_version_mismatch, where=str(directory))
         model = cls(load_config(directory / CONFIG, overrides), base_dir=directory)
-        model.load_state_dict(load_file(str(directory / WEIGHTS)))
+        try:
+            weights = load_file(str(directory / WEIGHTS))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for broken files
+            raise ModelError(f"{directory / WEIGHTS}: not a readable safetensors file ({exc}); the file is truncated or not a model's weights") from None
+        try:
+            model.load_state_dict(weights)
+        except ModelError as exc:
+            raise ModelError(f"{directory}: {exc}") from None
         return model
 
 

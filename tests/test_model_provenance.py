@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from diffuspeech import Backbone, ConfigError, hookimpl
+from diffuspeech.errors import ModelError
 from diffuspeech.model import SpeechDiffusionModel
 
 
@@ -93,8 +94,11 @@ def test_missing_plugin_and_version_mismatch(registry, tmp_path):
 
 def test_weights_mismatch_is_reported(registry, tmp_path):
     out = SpeechDiffusionModel(CFG).save(tmp_path / "m")
-    with pytest.raises(RuntimeError, match=r"missing backbone\.embed\.weight|size mismatch"):
+    with pytest.raises(ModelError, match=r"the weights do not match the composed model .*shape of backbone\.embed\.weight: saved"):
         SpeechDiffusionModel.load(out, overrides=["backbone.vocab_size=50"])
+    (out / "model.safetensors").write_bytes(b"\x10\x00")  # truncated
+    with pytest.raises(ModelError, match=r"model.safetensors: not a readable safetensors file"):
+        SpeechDiffusionModel.load(out)
 
 
 def test_assets_are_copied_and_paths_made_relative(registry, tmp_path):

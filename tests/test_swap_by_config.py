@@ -208,6 +208,20 @@ def test_written_files_follow_the_umask(tmp_path):
     assert oct((model / "model.safetensors").stat().st_mode & 0o777) == oct(0o644)
 
 
+def test_every_component_of_the_embedded_model_swaps_with_one_override(plugged, capsys):
+    """Runs, or names the incompatibility before generating (never a traceback)."""
+    ok = ["vocoder={name: tone, num_units: 759}", "scheduler=linear", "scheduler.speech=sqrt", "sampler=margin", "sampler=entropy",
+          "noiser=iid", "objective=diffusion", "attention=causal", "attention=bidirectional"]
+    for override in ok:
+        assert main(["generate", "--task", "tts", "--text", "seven", "--out-dir", "/tmp/ds-swap", override]) == 0, override
+    for override, named in [("backbone.n_layers=3", "the weights do not match"), ("vocoder={name: tone}", "vocoder Tone decodes 500 units"),
+                            ("backbone={name: hf_decoder}", "the weights do not match")]:
+        capsys.readouterr()
+        code = main(["generate", "--task", "tts", "--text", "seven", "--out-dir", "/tmp/ds-swap", override])
+        err = capsys.readouterr().err
+        assert code == 2 and named in err and "Traceback" not in err, (override, err)
+
+
 def test_sampler_contract_documents_stats():
     from diffuspeech.sampler import STATS, Sampler
 
