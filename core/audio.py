@@ -23,6 +23,7 @@ import torch
 import torchaudio.functional as AF
 
 from .atomic import temporary_file
+from .errors import UserError
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -43,7 +44,7 @@ __all__ = [
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf")
 
 
-class AudioError(ValueError):
+class AudioError(UserError):
     """An audio file (or waveform) that cannot be used; the message names it and the problem."""
 
 

@@ -41,6 +41,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Speech language models on masked discrete diffusion, composed from plugins.",
     )
     parser.add_argument("--version", action="version", version=f"diffuspeech {__version__}")
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback behind an error (or set {DEBUG_ENV}=1)")
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {"": top}
     members: dict[str, list[str]] = {}
@@ -85,8 +86,37 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+DEBUG_ENV = "DIFFUSPEECH_DEBUG"  # set to 1 (or pass --debug) to see the traceback behind an error line
+
+
+def error_line(exc: BaseException) -> str | None:
+    """The one line a user sees for an expected failure, or None for a bug (which keeps its traceback)."""
+    import errno
+
+    if isinstance(exc, ConfigError):
+        return f"config error: {exc}"
+    if isinstance(exc, UserError):
+        return f"error: {exc}"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+        return f"error: out of disk space{where}; free some space and run again (written files were left as they were)"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"error: no permission for {exc.filename or 'a file'} ({exc.strerror}); check the path and its permissions"
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return f"error: {exc.strerror or exc}: {exc.filename}" if getattr(exc, "filename", None) else f"error: {exc}"
+    if type(exc).__name__ == "SafetensorError":
+        return f"error: a weights file could not be read or written ({exc}); it is truncated, not safetensors, or the disk is full"
+    if isinstance(exc, RuntimeError) and "CUDA" in str(exc) and ("available" in str(exc) or "driver" in str(exc)):
+        return f"error: {str(exc).splitlines()[0]}; run on the CPU (device=cpu) or on a machine with a GPU"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     _one_line_warnings()
     parser = build_parser(argv)
     args = parser.parse_args(argv)
@@ -95,15 +125,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one error boundary: expected failures become one line
+        line = error_line(exc)
+        if line is None or debug:
+            raise
+        print(line, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from torch import nn
 from . import __version__
 from .atomic import atomic_folder
 from .component import component_fields
-from .compose import COMPONENT_SECTIONS, ConfigError, build_component, load_config, validate_config
+from .compose import COMPONENT_SECTIONS, ConfigError, apply_overrides, build_component, load_config, validate_config
 from .errors import ModelError
 from .formats import TaskSpec, parse_tasks
 from .registry import RegistryError, get_registry
@@ -190,15 +190,32 @@ class SpeechDiffusionModel:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, overrides: list[str] | tuple[str, ...] = (), allow_version_mismatch: bool = False) -> SpeechDiffusionModel:
-        """Recompose a saved model from its provenance record and load its weights."""
+    def load(
+        cls,
+        directory: str | Path,
+        overrides: list[str] | tuple[str, ...] = (),
+        allow_version_mismatch: bool = False,
+        allow_external_paths: bool = False,  # trust a folder whose config points outside it (absolute or ../ paths)
+    ) -> SpeechDiffusionModel:
+        """Recompose a saved model from its provenance record and load its weights.
+
+        A model folder is self-contained: a path in its ``config.yaml`` that is absolute or leaves the
+        folder is refused (a folder received from someone else must not make the loader read other
+        files), unless ``allow_external_paths``. Paths given as ``overrides`` are the caller's own."""
         directory = Path(directory)
+        if not directory.is_dir():
+            raise ModelError(f"{directory}: no such model folder; pass a saved model folder or a registered model's name")
         for name in (CONFIG, PROVENANCE, WEIGHTS):
             if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory}: not a diffuspeech model folder (missing {name})")
-        prov = json.loads((directory / PROVENANCE).read_text())
+                raise ModelError(
+                    f"{directory}: not a diffuspeech model folder (missing {name}); save one with SpeechDiffusionModel.save or `diffuspeech train`"
+                )
+        prov = read_provenance(directory / PROVENANCE)
         check_provenance(prov, allow_version_mismatch=allow_version_mismatch, where=str(directory))
-        model = cls(load_config(directory / CONFIG, overrides), base_dir=directory)
+        saved = load_config(directory / CONFIG)
+        if not allow_external_paths:
+            check_contained_paths(saved, directory)
+        model = cls(apply_overrides(saved, list(overrides)), base_dir=directory)
         try:
             weights = load_file(str(directory / WEIGHTS))
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for broken files
@@ -208,6 +225,47 @@ class SpeechDiffusionModel:
         except ModelError as exc:
             raise ModelError(f"{directory}: {exc}") from None
         return model
+
+
+def read_provenance(path: Path) -> dict[str, Any]:
+    """``provenance.json``, checked: a broken record is a :class:`ModelError` naming the file, never a traceback."""
+    try:
+        prov = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: not a readable provenance record ({exc}); re-save the model or restore the file") from None
+    comps = prov.get("components") if isinstance(prov, dict) else None
+    if not isinstance(comps, dict):
+        raise ModelError(f"{path}: no 'components' mapping; re-save the model or restore the file")
+    for section, rec in comps.items():
+        if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in ("kind", "name", "package", "version")):
+            raise ModelError(f"{path}: components.{section} needs string kind, name, package and version; got {rec!r}")
+    return prov
+
+
+def check_contained_paths(cfg: DictConfig, directory: Path) -> None:
+    """Refuse path settings of a model folder's config that are absolute or resolve outside the folder."""
+    root = directory.resolve()
+    data = OmegaConf.to_container(cfg, resolve=True)
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                path = f"{where}.{key}" if where else str(key)
+                if _is_path_key(str(key)) and isinstance(value, str) and value:
+                    target = Path(value)
+                    inside = not target.is_absolute() and (root / target).resolve().is_relative_to(root)
+                    if not inside:
+                        raise ModelError(
+                            f"{directory / CONFIG}: {path}={value!r} points outside the model folder; a model folder must be "
+                            "self-contained (copy the file into its assets/), or pass --allow-external-paths if you trust it"
+                        )
+                else:
+                    walk(value, path)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}.{i}")
+
+    walk(data, "")
 
 
 def check_compatible_components(model: SpeechDiffusionModel) -> None:

@@ -81,10 +81,13 @@ class Pipeline:
         overrides: list[str] | tuple[str, ...] = (),  # dotlist config overrides, e.g. ["generation.steps=8"]
         device: str | torch.device = "cpu",
         allow_version_mismatch: bool = False,
+        allow_external_paths: bool = False,  # trust a model folder whose config points outside it
     ) -> Pipeline:
         """Load a saved (or registered, e.g. embedded) model and wrap it in a pipeline."""
         path = resolve_model_dir(None if model is None else str(model))
-        loaded = SpeechDiffusionModel.load(path, overrides=list(overrides), allow_version_mismatch=allow_version_mismatch)
+        loaded = SpeechDiffusionModel.load(
+            path, overrides=list(overrides), allow_version_mismatch=allow_version_mismatch, allow_external_paths=allow_external_paths
+        )
         return cls(loaded, device=device)
 
     def objective_note(self, generation_mode: str) -> list[str]:

@@ -28,6 +28,7 @@ from torch import nn
 from diffuspeech.kmeans import nearest_centroid
 
 from .atomic import save_tensors
+from .errors import UserError
 
 __all__ = [
     "KMeansQuantizer",
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 
-class QuantizerError(ValueError):
+class QuantizerError(UserError):
     """A quantizer file that cannot be used; the message names the file and the fix."""
 
 

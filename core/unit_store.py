@@ -29,6 +29,7 @@ import torch
 from safetensors import safe_open
 
 from .atomic import save_tensors
+from .errors import UserError
 
 __all__ = ["UnitRecord", "UnitStore", "UnitStoreError", "UnitStoreWriter"]
 
@@ -40,7 +41,7 @@ SHARD_RE = re.compile(r"^units-(\d{5,})\.safetensors$")
 DURATIONS_PREFIX = "durations/"
 
 
-class UnitStoreError(ValueError):
+class UnitStoreError(UserError):
     """A unit store folder that is missing, inconsistent or used with another tokenizer."""
 
 

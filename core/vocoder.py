@@ -9,15 +9,16 @@ from typing import Any, Optional
 import torch
 
 from .component import Component
+from .errors import UserError
 
 __all__ = ["Vocoder", "VocoderCompatibilityError", "VocoderInputError", "check_compatible", "validate_units"]
 
 
-class VocoderInputError(ValueError):
+class VocoderInputError(UserError):
     """Units or lengths a vocoder cannot decode."""
 
 
-class VocoderCompatibilityError(ValueError):
+class VocoderCompatibilityError(UserError):
     """A vocoder and a tokenizer that do not agree on units or frame rate."""
 
 

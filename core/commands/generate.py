@@ -34,6 +34,7 @@ def configure(p) -> None:
     p.add_argument("--progress", action="store_true", help="show a progress bar over denoising steps")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--allow-version-mismatch", action="store_true", help="load a model saved with other plugin versions")
+    p.add_argument("--allow-external-paths", action="store_true", help="trust a model folder whose config points at files outside it")
     p.add_argument(
         "overrides", nargs="*", default=[],
         help="config overrides key=value (e.g. sampler.name=threshold); positional args containing '=' are overrides",
@@ -64,7 +65,7 @@ def run(args) -> int:
     inputs = [i for i in args.inputs if i not in overrides]
     from ..pipeline import Pipeline
 
-    pipe = Pipeline.from_pretrained(args.model, overrides, args.device, args.allow_version_mismatch)
+    pipe = Pipeline.from_pretrained(args.model, overrides, args.device, args.allow_version_mismatch, args.allow_external_paths)
     task = pipe.task(args.task)
     conditions = [s for s in task.segments if s.role != TARGET]
     speech_in = [s for s in conditions if s.modality == SPEECH]

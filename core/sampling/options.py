@@ -13,7 +13,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from ..compose import SECTION_SCHEMAS, validate_settings
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 
 __all__ = [
     "GENERATION_MODES", "KV_CACHE_MODES", "SAMPLING_BACKENDS", "DecodeOptions", "GenerationError", "check_options", "validate_generation_section",
@@ -24,7 +24,7 @@ SAMPLING_BACKENDS = ("auto", "triton", "torch")
 KV_CACHE_MODES = ("none", "prefix", "dual")
 
 
-class GenerationError(ValueError):
+class GenerationError(UserError):
     """Bad generation input or settings, or a numerical failure while generating."""
 
 

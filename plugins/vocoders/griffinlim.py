@@ -23,11 +23,12 @@ import torch.nn.functional as F
 import torchaudio
 from safetensors import safe_open
 
+from diffuspeech.errors import UserError
 from diffuspeech.mel import MelConfig
 from diffuspeech.vocoder import Vocoder, check_compatible, validate_units
 
 
-class CentroidsFileError(ValueError):
+class CentroidsFileError(UserError):
     """A centroids file that is missing or not in the ``mel_kmeans`` format."""
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from diffuspeech.errors import UserError
+
 INSTALL_HINT = "pip install espeakng-loader"
 
 # espeak_AUDIO_OUTPUT / options / flags / parameters (speak_lib.h).
@@ -47,7 +49,7 @@ SPEED_RANGE = (80, 450)  # words per minute accepted by espeak-ng
 PITCH_RANGE = (0, 100)  # espeak-ng base pitch scale, 50 = the voice's normal pitch
 
 
-class EspeakError(RuntimeError):
+class EspeakError(UserError, RuntimeError):
     """espeak-ng is missing, its data is incomplete, or a request is invalid."""
 
 

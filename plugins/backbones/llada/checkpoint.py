@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffuspeech.atomic import save_tensors
+from diffuspeech.errors import UserError
 
 from .arch import LLaDAArch, arch_from_hf_config, arch_to_hf_config
 
@@ -47,7 +48,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 _SHOWN = 12  # keys listed per category in an error
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
     """The checkpoint's tensors do not match the architecture (missing, unexpected, wrong shape)."""
 
 

@@ -30,6 +30,7 @@ import yaml
 from safetensors.torch import load_file
 
 from diffuspeech.atomic import save_tensors
+from diffuspeech.errors import UserError
 
 from .arch import UnitHifigan, UnitHifiganArch
 
@@ -41,7 +42,7 @@ SPEECHBRAIN_CLASS = "speechbrain.lobes.models.HifiGAN.UnitHifiganGenerator"
 CODEHIFIGAN_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A vocoder checkpoint that is missing, malformed, or does not fit its architecture."""
 
 

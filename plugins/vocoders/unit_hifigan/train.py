@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from diffuspeech.atomic import atomic_folder, write_json_atomic
 from diffuspeech.audio import load_audio, write_audio
+from diffuspeech.errors import UserError
 from diffuspeech.manifest import BadRow, ManifestError, read_manifest
 
 __all__ = ["VocoderTrainConfig", "TRAIN_PRESETS", "TrainingPair", "VocoderTrainer", "VocoderTrainingError", "read_training_pairs"]
@@ -43,7 +44,7 @@ __all__ = ["VocoderTrainConfig", "TRAIN_PRESETS", "TrainingPair", "VocoderTraine
 GAN_CHOICES = ("none", "mpd", "msd", "mpd+msd")
 
 
-class VocoderTrainingError(ValueError):
+class VocoderTrainingError(UserError):
     """Training data or settings that cannot work; the message names the fix."""
 
 
