@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 __all__ = [
     "TMP_PREFIX", "atomic_folder", "fsync_dir", "fsync_tree", "save_tensors", "temporary_file", "umask_mode", "write_json_atomic",
+    "write_text_atomic",
 ]
 
 TMP_PREFIX = ".tmp-"  # temporary siblings start with this (readers skip them; cleaners remove them)
@@ -81,6 +82,21 @@ def fsync_tree(root: str | os.PathLike) -> None:
                 os.fsync(f.fileno())
     for folder in reversed(dirs):
         fsync_dir(folder)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replace ``path`` with ``text`` through a fsynced temporary file and a rename."""
+    path = Path(path)
+    tmp = temporary_file(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any, indent: int = 1) -> None:

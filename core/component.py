@@ -47,5 +47,11 @@ class Component:
         self.config = config if config is not None else self.Config()
 
     @classmethod
+    def check_config(cls, config: Any, path: str) -> None:
+        """Value checks on validated settings that need nothing built (ranges, choices, shapes); raise
+        ``ValueError`` or ``ConfigError`` naming ``<path>.<key>``. ``config validate`` runs them, and
+        built-ins call them from ``__init__``. Default: none."""
+
+    @classmethod
     def settings_fields(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls.Config)]

@@ -38,6 +38,9 @@ COMPONENT_SECTIONS: dict[str, str] = {
 # function ``(node, path) -> Any`` raising ConfigError, or None (accepted as is).
 # Modules that own a section add themselves here (e.g. ``vocab``, ``tasks``, ``train``).
 SECTION_SCHEMAS: dict[str, Any] = {"meta": None}
+# Checks across sections ``(config, base_dir) -> None`` raising ConfigError (the vocabulary layout,
+# task tokens against it, mixtures against the tasks, ...), run by validate_config after the sections.
+CROSS_CHECKS: list[Any] = []
 SECTION_OWNERS = (
     "diffuspeech.vocab", "diffuspeech.formats", "diffuspeech.training.config", "diffuspeech.training.data", "diffuspeech.sampling.options",
 )
@@ -105,8 +108,8 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
                 OmegaConf.update(cfg, key, node, merge=False)  # replace the whole node
                 continue
             OmegaConf.update(cfg, key, value, merge=True)
-        except (OmegaConfBaseException, ValueError, IndexError, KeyError) as exc:
-            raise ConfigError(f"override {item!r}: {str(exc).splitlines()[0]}") from None
+        except (OmegaConfBaseException, ValueError, IndexError, KeyError, TypeError) as exc:
+            raise ConfigError(f"override {item!r}: {str(exc).splitlines()[0]} (list items are addressed by number: key.0.setting)") from None
         if parts[-1] == "name" and len(parts) > 1 and component_kind_at(cfg, parts[:-1]) is not None:
             _drop_foreign_settings(cfg, parts[:-1])
     return cfg
@@ -189,6 +192,16 @@ def validate_settings(schema: type, settings: dict[str, Any], path: str, what: s
             if close:
                 msg += f". Did you mean {close[0]!r}?"
             raise ConfigError(msg)
+    for key, value in settings.items():  # nested dataclasses and lists of them: their own paths (train.stages.0.steps)
+        item_type, many = _dataclass_field_type(hints.get(key))
+        if item_type is None:
+            continue
+        if many and isinstance(value, (list, tuple, ListConfig)):
+            for i, item in enumerate(value):
+                if isinstance(item, (dict, DictConfig)):
+                    validate_settings(item_type, _as_dict(item, f"{path}.{key}.{i}"), f"{path}.{key}.{i}", f"{path}.{key} entries")
+        elif not many and isinstance(value, (dict, DictConfig)):
+            validate_settings(item_type, _as_dict(value, f"{path}.{key}"), f"{path}.{key}", f"{path}.{key}")
     nested = {}
     settings = dict(settings)
     for key, kind in component_fields(schema).items():
@@ -218,6 +231,17 @@ def validate_settings(schema: type, settings: dict[str, Any], path: str, what: s
     for key, node in nested.items():
         setattr(obj, key, node)
     return obj
+
+
+def _dataclass_field_type(hint: Any) -> tuple[type | None, bool]:
+    """``(dataclass, is_list)`` when a field holds a dataclass or a list of them, else ``(None, False)``."""
+    if dataclasses.is_dataclass(hint):
+        return hint, False
+    if typing.get_origin(hint) in (list, typing.List):  # noqa: UP006
+        args = typing.get_args(hint)
+        if args and dataclasses.is_dataclass(args[0]):
+            return args[0], True
+    return None, False
 
 
 def _as_dict(node: Any, path: str) -> dict[str, Any]:
@@ -251,6 +275,15 @@ def resolve_component(kind: str, node: Any, path: str, registry: Any = None) -> 
             raise ConfigError(f"{path}.name: {exc}") from None
         raise ConfigError(unknown_name_message(kind, str(name), registry.names(kind), path=f"{path}.name")) from None
     settings = validate_settings(cls.Config, data, path, f"{kind} {name!r}")
+    check = getattr(cls, "check_config", None)
+    if callable(check):  # value checks a component can make without being built (ranges, choices, shapes)
+        try:
+            check(settings, path)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:
+            message = str(exc)
+            raise ConfigError(message if message.startswith(f"{path}.") or message.startswith(f"{path}:") else f"{path}: {message}") from None
     return cls, settings, str(name)
 
 
@@ -259,16 +292,17 @@ def build_component(kind: str, node: Any, path: str | None = None, registry: Any
 
     ``registry``: a :class:`~diffuspeech.registry.Registry` to look the name up in (default: the
     process-wide one; ``with registry.activated():`` makes a registry process-wide for a block)."""
-    path = path or kind
+    path = path or {v: k for k, v in COMPONENT_SECTIONS.items()}.get(kind, kind)  # errors name the config key
     cls, settings, _ = resolve_component(kind, node, path, registry)
     return cls(settings)
 
 
-def validate_config(cfg: DictConfig | dict, allow_missing: bool = False) -> list[str]:
+def validate_config(cfg: DictConfig | dict, allow_missing: bool = False, base_dir: str | Path | None = None) -> list[str]:
     """Check every section of a full config without building models; raises ConfigError.
 
     ``allow_missing``: values left as ``???`` are checked as if unset (their defaults) instead of
-    being an error. Returns the missing key paths."""
+    being an error. ``base_dir``: where relative paths (the text tokenizer) are read from, for the
+    cross-section checks of :data:`CROSS_CHECKS`. Returns the missing key paths."""
     data = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     _import_section_owners()
     missing = sorted(OmegaConf.missing_keys(data))
@@ -301,4 +335,6 @@ def validate_config(cfg: DictConfig | dict, allow_missing: bool = False) -> list
             if close:
                 msg += f". Did you mean {close[0]!r}?"
             raise ConfigError(msg)
+    for check in CROSS_CHECKS:
+        check(data, None if base_dir is None else Path(base_dir))
     return missing

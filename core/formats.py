@@ -18,7 +18,7 @@ from typing import Any, Optional, Union
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .compose import SECTION_SCHEMAS, ConfigError, validate_settings
+from .compose import CROSS_CHECKS, SECTION_SCHEMAS, ConfigError, validate_settings
 from .modality import MODALITY_CODE, SPECIAL, SPEECH, TEXT
 from .vocab import Vocab
 
@@ -82,7 +82,11 @@ def parse_tasks(node: Any, path: str = "tasks") -> dict[str, TaskSpec]:
                 raise ConfigError(f"{path}.{name}.segments[{i}].modality: {s.modality!r}; valid: text, speech")
             if s.role not in (CONDITION, TARGET):
                 raise ConfigError(f"{path}.{name}.segments[{i}].role: {s.role!r}; valid: condition, target")
+            if s.max_len is not None and s.max_len < 0:
+                raise ConfigError(f"{path}.{name}.segments.{i}.max_len: expected a length >= 0 (or null), got {s.max_len}")
             parsed.append(s)
+        if not any(s.role == TARGET for s in parsed):
+            raise ConfigError(f"{path}.{name}: no segment has role: target; a task needs at least one segment to predict")
         rest = {k: v for k, v in spec.items() if k != "segments"}
         head = validate_settings(TaskSpec, rest, f"{path}.{name}", "a task")
         tasks[str(name)] = TaskSpec(token=head.token, segments=parsed)
@@ -90,6 +94,21 @@ def parse_tasks(node: Any, path: str = "tasks") -> dict[str, TaskSpec]:
 
 
 SECTION_SCHEMAS["tasks"] = parse_tasks
+
+
+def check_task_tokens(cfg: Any, base_dir: Any = None) -> None:
+    """Every task token must be one of the vocabulary's special tokens."""
+    from .vocab import VocabConfig
+
+    vocab = cfg.get("vocab") if hasattr(cfg, "get") else None
+    specials = list((vocab or {}).get("specials") or VocabConfig().specials)
+    for name, task in parse_tasks(cfg.get("tasks")).items():
+        if task.token not in specials:
+            raise ConfigError(f"tasks.{name}.token: {task.token!r} is not a special token of the vocabulary; add it to "
+                              f"vocab.specials or use one of: {', '.join(str(s) for s in specials)}")
+
+
+CROSS_CHECKS.append(check_task_tokens)
 
 
 @dataclass

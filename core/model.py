@@ -69,7 +69,7 @@ class SpeechDiffusionModel:
 
     def __init__(self, config: DictConfig | dict, base_dir: str | Path | None = None) -> None:
         cfg = config if isinstance(config, DictConfig) else OmegaConf.create(config)
-        validate_config(cfg)
+        validate_config(cfg, base_dir=base_dir)
         self.config = resolve_paths(cfg, base_dir)
         self.vocab = Vocab(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(VocabConfig), self.config.get("vocab", {}))))
         self.tasks: dict[str, TaskSpec] = parse_tasks(self.config.get("tasks"))

@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
-from .compose import SECTION_SCHEMAS, ConfigError
+from .compose import CROSS_CHECKS, SECTION_SCHEMAS, ConfigError
 from .modality import MODALITY_CODE, SPECIAL, SPEECH, TEXT
 
 
@@ -64,6 +65,32 @@ class VocabConfig:
 SECTION_SCHEMAS["vocab"] = VocabConfig
 
 
+def check_vocab_layout(cfg: Any, base_dir: Path | None) -> None:
+    """Build the vocabulary when it can be (text_size given, or its tokenizer file found): its layout checks
+    (overlaps, reserved ids, the backbone's size) run at ``config validate`` too."""
+    node = cfg.get("vocab") if hasattr(cfg, "get") else None
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    tok = data.get("text_tokenizer")
+    if tok:
+        path = Path(tok) if Path(tok).is_absolute() or base_dir is None else Path(base_dir) / tok
+        if not (path.is_file() or (path / "tokenizer.json").is_file()):
+            data["text_tokenizer"] = None  # not here (yet): the model build names it; check the rest with text_size
+    if data.get("text_tokenizer") is None and data.get("text_size") is None:
+        return
+    vocab = Vocab(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(VocabConfig), data)), base_dir=base_dir)
+    backbone = cfg.get("backbone") if hasattr(cfg, "get") else None
+    if isinstance(backbone, (dict, DictConfig)) and not backbone.get("path"):
+        rows = backbone.get("extend_vocab_to") or backbone.get("vocab_size")
+        if isinstance(rows, int) and rows < vocab.size:
+            raise ConfigError(
+                f"backbone.vocab_size: {rows} embedding rows but the vocabulary has {vocab.size} ids; "
+                f"set backbone.vocab_size={vocab.size} (or backbone.extend_vocab_to)"
+            )
+
+
+CROSS_CHECKS.append(check_vocab_layout)
+
+
 def _load_text_tokenizer(path: str):
     """A ``tokenizers.Tokenizer`` from tokenizer.json, or a folder holding one."""
     from tokenizers import Tokenizer
@@ -73,7 +100,10 @@ def _load_text_tokenizer(path: str):
         p = p / "tokenizer.json"
     if not p.is_file():
         raise ConfigError(f"vocab.text_tokenizer: no tokenizer.json at {path!r} (give a tokenizer.json file or a folder holding one)")
-    return Tokenizer.from_file(str(p))
+    try:
+        return Tokenizer.from_file(str(p))
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises a bare Exception for a bad file
+        raise ConfigError(f"vocab.text_tokenizer: {p} is not a readable tokenizer.json ({exc})") from None
 
 
 class Vocab:
@@ -117,6 +147,30 @@ class Vocab:
         self.speech_end_id = self.resolve("speech_end")
         for modality in (TEXT, SPEECH):
             self.allowed_range(modality)  # validates contiguity
+        self._check_reserved_ids()
+
+    def _check_reserved_ids(self) -> None:
+        """The mask and pad ids must be distinct, never a speech unit, and (when the text tokenizer is known)
+        never an ordinary text id: only one the tokenizer reserves as a special token."""
+        lo, hi = self.unit_range
+        if self.mask_id == self.pad_id:
+            raise ConfigError(f"vocab.mask and vocab.pad are the same id ({self.mask_id}); give them different tokens")
+        for key, idx in (("mask", self.mask_id), ("pad", self.pad_id)):
+            if lo <= idx < hi:
+                raise ConfigError(f"vocab.{key}: id {idx} is speech unit {idx - lo}; use a special token (e.g. vocab.{key}=<{key}>)")
+            if idx < self.text_size and self.tokenizer is not None and not self._is_reserved_text_id(idx):
+                raise ConfigError(
+                    f"vocab.{key}: id {idx} is an ordinary text id; use a special token (vocab.{key}=<{key}>) or an id the "
+                    "text tokenizer reserves as a special token (e.g. LLaDA's <|mdm_mask|> 126336)"
+                )
+
+    def _is_reserved_text_id(self, idx: int) -> bool:
+        """Whether text id ``idx`` is a special (added) token of the text tokenizer."""
+        if self.tokenizer is None:
+            return False
+        added = self.tokenizer.get_added_tokens_decoder() if hasattr(self.tokenizer, "get_added_tokens_decoder") else {}
+        token = added.get(idx)
+        return bool(token is not None and getattr(token, "special", False))
 
     # ------------------------------------------------------------------ ids
     def resolve(self, key: str) -> int:

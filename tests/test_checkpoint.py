@@ -67,7 +67,7 @@ def test_latest_pointer_pruning_and_fallback(tmp_path):
     (root / "step_00000008").mkdir()  # incomplete: no trainer.json
     assert ck.latest_checkpoint(tmp_path).name == "step_00000006"
     assert ck.load_checkpoint(root / "step_00000004").optimizer is None
-    with pytest.raises(FileNotFoundError, match="not a complete training checkpoint"):
+    with pytest.raises(ck.CheckpointError, match="not a complete training checkpoint"):
         ck.load_checkpoint(root / "step_00000008")
 
 

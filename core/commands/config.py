@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import OmegaConf
 
 from ..compose import load_config, validate_config
@@ -39,7 +41,7 @@ def run(args) -> int:
 
         source = resolve_model_dir(args.model) / CONFIG
     cfg = load_config(source, args.overrides)
-    missing = validate_config(cfg, allow_missing=args.allow_missing)
+    missing = validate_config(cfg, allow_missing=args.allow_missing, base_dir=Path(source).parent)
     if args.config_command == "show":
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
     else:

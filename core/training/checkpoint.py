@@ -19,6 +19,7 @@ the rest is JSON.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -32,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..atomic import TMP_PREFIX, atomic_folder, write_json_atomic
+from ..errors import UserError
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
@@ -61,7 +63,12 @@ class Checkpoint:
 
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """safetensors file, fsynced (the single place tensors are written: tests patch it to simulate a kill)."""
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+    except Exception as exc:  # noqa: BLE001 - safetensors reports a full disk as its own error type
+        if "No space left" in str(exc):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+        raise
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
 
@@ -171,34 +178,68 @@ def clean_partial(run_dir: str | Path) -> list[str]:
 
 def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
     """The last published checkpoint (``latest.json``), else the newest complete one, else None."""
+    candidates = checkpoint_candidates(run_dir)
+    return candidates[0] if candidates else None
+
+
+def checkpoint_candidates(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, the published one (``latest.json``) first, then newest to oldest."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
-        return None
+        return []
+    names = sorted(complete_checkpoints(root), reverse=True)
     try:
-        name = json.loads((root / LATEST).read_text())["dir"]
-        if (root / name / "trainer.json").is_file():
-            return root / name
-    except (OSError, ValueError, KeyError):
+        published = json.loads((root / LATEST).read_text())["dir"]
+        if published in names:
+            names.remove(published)
+            names.insert(0, published)
+    except (OSError, ValueError, KeyError, TypeError):
         pass
-    names = sorted(complete_checkpoints(root))
-    return root / names[-1] if names else None
+    return [root / n for n in names]
+
+
+def load_latest_valid(run_dir: str | Path) -> tuple[Optional[Checkpoint], list[str]]:
+    """The newest checkpoint that loads completely, and ``"<name>: <why>"`` for each newer one skipped."""
+    skipped = []
+    for path in checkpoint_candidates(run_dir):
+        try:
+            return load_checkpoint(path), skipped
+        except CheckpointError as exc:
+            skipped.append(f"{path.name}: {exc}")
+    return None, skipped
+
+
+class CheckpointError(UserError):
+    """A training checkpoint that cannot be loaded; the message names the file and what is wrong."""
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read every file of a checkpoint; anything missing, truncated or malformed is a :class:`CheckpointError`."""
     path = Path(path)
     meta_path = path / "trainer.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{path}: not a complete training checkpoint (no trainer.json)")
-    meta = json.loads(meta_path.read_text())
+        raise CheckpointError(f"{path}: not a complete training checkpoint (no trainer.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        state = TrainState(**meta["state"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{meta_path}: unreadable ({type(exc).__name__}: {exc})") from None
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown checkpoint format {meta.get('format')!r}; expected {FORMAT!r}")
+        raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}; expected {FORMAT!r}")
+
+    def tensors(name: str) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(str(path / name))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for broken files
+            raise CheckpointError(f"{path / name}: unreadable ({exc})") from None
+
     optimizer = None
     if "optimizer" in meta:
-        optimizer = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
-    return Checkpoint(
-        path=path,
-        state=TrainState(**meta["state"]),
-        model=load_file(str(path / "model.safetensors")),
-        optimizer=optimizer,
-        rng={"tensors": load_file(str(path / "rng.safetensors")), "meta": meta["rng"]},
-    )
+        try:
+            optimizer = _unflatten_optimizer(tensors("optimizer.safetensors"), meta["optimizer"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path / 'optimizer.safetensors'}: does not match trainer.json ({exc})") from None
+    if "rng" not in meta:
+        raise CheckpointError(f"{meta_path}: no random-number state (rng); the checkpoint is incomplete")
+    return Checkpoint(path=path, state=state, model=tensors("model.safetensors"), optimizer=optimizer,
+                      rng={"tensors": tensors("rng.safetensors"), "meta": meta["rng"]})

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..compose import SECTION_SCHEMAS, ConfigError, validate_settings
+from ..compose import CROSS_CHECKS, SECTION_SCHEMAS, ConfigError, validate_settings
 
 __all__ = ["PRECISIONS", "StageConfig", "TrainConfig", "check_train_config", "section", "validate_train_section"]
 
@@ -63,6 +63,29 @@ def validate_train_section(node: Any, path: str = "train") -> TrainConfig:
 SECTION_SCHEMAS["train"] = validate_train_section
 
 
+def check_train_against_tasks(cfg: Any, base_dir: Any = None) -> None:
+    """Stage mixtures name known tasks; the batch splits evenly over gradient-accumulation steps."""
+    from ..formats import parse_tasks
+
+    node = cfg.get("train") if hasattr(cfg, "get") else None
+    if node is None:
+        return
+    tc = validate_train_section(node)
+    tasks = parse_tasks(cfg.get("tasks"))
+    for i, s in enumerate(tc.stages):
+        unknown = sorted(set(s.mixture or {}) - set(tasks))
+        if unknown:
+            raise ConfigError(f"train.stages.{i}.mixture: unknown task(s) {unknown}; the config's tasks: {', '.join(tasks)}")
+    data = cfg.get("data") or {}
+    batch = data.get("batch_size", 8) if hasattr(data, "get") else 8
+    if isinstance(batch, int) and batch > 0 and batch % tc.grad_accum:
+        raise ConfigError(f"data.batch_size: {batch} does not split into train.grad_accum={tc.grad_accum} equal micro-batches; "
+                          f"use a multiple of {tc.grad_accum}")
+
+
+CROSS_CHECKS.append(check_train_against_tasks)
+
+
 def section(schema: type, cfg: DictConfig, key: str) -> Any:
     node = cfg.get(key) or {}
     data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
@@ -78,8 +101,13 @@ def check_train_config(tc: TrainConfig) -> None:
     for i, s in enumerate(tc.stages):
         if s.mixture is not None and not (isinstance(s.mixture, dict) and all(isinstance(w, (int, float)) for w in s.mixture.values())):
             raise ConfigError(f"train.stages[{i}].mixture: expected {{task: weight}}, got {s.mixture!r}")
-        if s.steps <= 0 or s.lr <= 0 or s.warmup_steps < 0 or not 0 <= s.min_lr_ratio <= 1:
-            raise ConfigError(f"train.stages[{i}] ({s.name}): need steps > 0, lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1")
+        for key, ok, want in (("steps", s.steps > 0, "> 0"), ("lr", s.lr > 0, "> 0"), ("warmup_steps", s.warmup_steps >= 0, ">= 0"),
+                              ("min_lr_ratio", 0 <= s.min_lr_ratio <= 1, "in [0, 1]")):
+            if not ok:
+                raise ConfigError(f"train.stages.{i}.{key} (stage {s.name!r}): expected {want}, got {getattr(s, key)}")
+        if isinstance(s.mixture, dict):
+            if any(w < 0 for w in s.mixture.values()) or not sum(s.mixture.values()) > 0:
+                raise ConfigError(f"train.stages.{i}.mixture: weights must be >= 0 and sum to more than 0, got {s.mixture}")
     if tc.precision not in PRECISIONS:
         raise ConfigError(f"train.precision: {tc.precision!r}; valid: {', '.join(PRECISIONS)}")
     if tc.grad_accum <= 0:
@@ -90,3 +118,16 @@ def check_train_config(tc: TrainConfig) -> None:
         raise ConfigError(f"train.eval_times: expected values in (0, 1], got {list(tc.eval_times)}")
     if tc.log_every <= 0 or tc.checkpoint_every <= 0 or tc.eval_every < 0:
         raise ConfigError("train.log_every and train.checkpoint_every must be positive, train.eval_every >= 0")
+    if tc.keep_checkpoints < 1:
+        raise ConfigError(f"train.keep_checkpoints: expected at least 1 (the newest is needed to resume), got {tc.keep_checkpoints}")
+    if tc.max_grad_norm is not None and not tc.max_grad_norm > 0:
+        raise ConfigError(f"train.max_grad_norm: expected a value > 0 (or null: no clipping), got {tc.max_grad_norm}")
+    if tc.weight_decay < 0:
+        raise ConfigError(f"train.weight_decay: expected a value >= 0, got {tc.weight_decay}")
+    if str(tc.device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device: {tc.device!r} but no CUDA GPU is available here; use train.device=auto or cpu")
+    elif tc.device not in ("auto", "cpu"):
+        raise ConfigError(f"train.device: {tc.device!r}; valid: auto, cpu, cuda, cuda:N")

@@ -38,7 +38,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..compose import SECTION_SCHEMAS, ConfigError
+from ..compose import SECTION_SCHEMAS, ConfigError, validate_settings
 from ..errors import UserError
 from ..formats import Sequence, TaskSpec, layout
 from ..manifest import BadRow, read_manifest
@@ -67,7 +67,17 @@ class DataConfig:
     dev_max_examples: Optional[int] = None  # first N dev examples per task (None = all)
 
 
-SECTION_SCHEMAS["data"] = DataConfig
+def validate_data_section(node: Any, path: str = "data") -> DataConfig:
+    """``data:`` checked as ``config validate`` and the trainer see it: keys, types and values."""
+    from omegaconf import DictConfig, OmegaConf
+
+    raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    dc = validate_settings(DataConfig, raw, path, f"section {path!r}")
+    check_data_config(dc)
+    return dc
+
+
+SECTION_SCHEMAS["data"] = validate_data_section
 
 
 class DataError(UserError):
@@ -108,6 +118,8 @@ def check_data_config(cfg: DataConfig) -> None:
     for key in ("batch_size", "bucket_batches", "dev_batch_size"):
         if int(getattr(cfg, key)) <= 0:
             raise ConfigError(f"data.{key}: expected a positive integer, got {getattr(cfg, key)}")
+    if cfg.max_length is not None and cfg.max_length <= 0:
+        raise ConfigError(f"data.max_length: expected a positive length (or null: the backbone's), got {cfg.max_length}")
 
 
 # ---------------------------------------------------------------------------- manifest

@@ -31,19 +31,48 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 from torch import nn
 
+from ..atomic import write_text_atomic
 from ..compose import ConfigError, build_component, validate_config
 from ..formats import collate
 from ..objective import Objective, ObjectiveContext
 from .batching import MixtureBatcher, generator, normalise_mixture, shard
-from .checkpoint import TrainState, clean_partial, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint, write_json_atomic
+from .checkpoint import (
+    CheckpointError,
+    TrainState,
+    clean_partial,
+    latest_checkpoint,
+    load_latest_valid,
+    restore_rng,
+    save_checkpoint,
+    write_json_atomic,  # noqa: F401 - re-exported (public in __all__)
+)
 from .config import StageConfig, TrainConfig, check_train_config, section
 from .data import DataConfig, DataError, ExampleSet, check_data_config, load_examples, speech_resolver
 from .distributed import all_reduce_sum, barrier, init_distributed, resolve_strategy, shard_fsdp, shutdown, wrap_ddp
+from .lock import RunLock
 from .module import TrainModule, build_optimizer, lr_at, select_trainable
 
 log = logging.getLogger("diffuspeech.train")
 
 MODEL_ONLY_DROP = ("train", "data")  # sections that are not part of a saved model
+
+
+def read_log(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """``log.jsonl`` records, tolerant of a half-written last line; returns ``(records, unreadable lines)``."""
+    records, broken = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            broken += 1
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+        else:
+            broken += 1
+    return records, broken
 
 
 @dataclass
@@ -70,7 +99,7 @@ class Trainer:
                 "mandatory settings are not set (??? in the config): " + ", ".join(missing)
                 + "; give them as overrides, e.g. " + " ".join(f"{k}=..." for k in missing)
             )
-        validate_config(cfg)
+        validate_config(cfg, base_dir=base_dir)
         self.config, self.base_dir, self.resume = cfg, Path(base_dir) if base_dir else None, resume
         self.tc: TrainConfig = section(TrainConfig, cfg, "train")
         self.dc: DataConfig = section(DataConfig, cfg, "data")
@@ -171,8 +200,12 @@ class Trainer:
         if latest is not None and not self.resume:
             raise ConfigError(f"{self.out} already holds checkpoints of a run; pass --resume to continue it, or choose another --out")
         if latest is not None:
-            ckpt = load_checkpoint(latest)
-            self._main_log(f"resuming from {latest} (stage {ckpt.state.stage}, global step {ckpt.state.global_step})")
+            ckpt, skipped = load_latest_valid(self.out)
+            for why in skipped:
+                log.warning(f"skipping checkpoint {why}")
+            if ckpt is None:
+                raise CheckpointError(f"{self.out}: no checkpoint loads ({'; '.join(skipped)}); delete the run folder to start over")
+            self._main_log(f"resuming from {ckpt.path} (stage {ckpt.state.stage}, global step {ckpt.state.global_step})")
         elif self.resume:
             self._main_log(f"--resume: no checkpoint in {self.out}; starting from scratch")
         if self.info.is_main:
@@ -184,8 +217,11 @@ class Trainer:
             log_path = self.out / "log.jsonl"
             if log_path.is_file():  # drop records past the checkpoint we resume from
                 keep_until = ckpt.state.global_step if ckpt is not None else 0
-                lines = [ln for ln in log_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= keep_until]
-                log_path.write_text("".join(ln + "\n" for ln in lines))
+                lines, broken = read_log(log_path)
+                if broken:
+                    log.warning(f"{log_path}: dropped {broken} unreadable line(s) (a write cut short)")
+                kept = [json.dumps(rec) for rec in lines if rec.get("step", 0) <= keep_until]
+                write_text_atomic(log_path, "".join(ln + "\n" for ln in kept))
         return ckpt
 
     def _record(self, step: int, scalars: dict[str, float]) -> None:
@@ -317,9 +353,13 @@ class Trainer:
     # ------------------------------------------------------------------ main loop
     def run(self) -> TrainResult:
         self.info = init_distributed(self.tc.device)
+        lock = RunLock(self.out)
         try:
+            if self.info.is_main:
+                lock.acquire()  # before anything touches the run folder
             return self._run()
         finally:
+            lock.release()
             shutdown(self.info)
 
     def _run(self) -> TrainResult:

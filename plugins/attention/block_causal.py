@@ -20,8 +20,12 @@ class BlockCausalAttention(AttentionPolicy):
 
     def __init__(self, config: BlockCausalAttention.Config | None = None) -> None:
         super().__init__(config)
-        if self.config.block_size < 1:
-            raise ValueError(f"attention.block_size must be >= 1, got {self.config.block_size}")
+        self.check_config(self.config, "attention")
+
+    @classmethod
+    def check_config(cls, config, path: str) -> None:
+        if config.block_size < 1:
+            raise ValueError(f"{path}.block_size must be >= 1, got {config.block_size}")
 
     def mask(self, modality: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         check_inputs(modality, valid)

@@ -57,6 +57,10 @@ class HFDecoderBackbone(Backbone):
         gradient_checkpointing: bool = False
         seed: Optional[int] = None  # seed for a fresh model's random init
 
+    @classmethod
+    def check_config(cls, config: HFDecoderBackbone.Config, path: str) -> None:
+        parse_dtype(config.dtype, path)
+
     def __init__(self, config: Optional[HFDecoderBackbone.Config] = None) -> None:
         super().__init__(config)
         from transformers import AutoConfig, AutoModelForCausalLM

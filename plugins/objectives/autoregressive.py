@@ -34,7 +34,11 @@ class AutoregressiveObjective(Objective):
 
     def __init__(self, config: AutoregressiveObjectiveConfig | None = None) -> None:
         super().__init__(config)
-        check_loss_options(self.config.normalize, self.config.logits_on)
+        self.check_config(self.config, "objective")
+
+    @classmethod
+    def check_config(cls, config, path: str) -> None:
+        check_loss_options(config.normalize, config.logits_on)
 
     def prepare(self, context: ObjectiveContext) -> None:
         super().prepare(context)

@@ -40,7 +40,11 @@ class MaskedDiffusionObjective(Objective):
 
     def __init__(self, config: DiffusionObjectiveConfig | None = None) -> None:
         super().__init__(config)
-        c = self.config
+        self.check_config(self.config, "objective")
+
+    @classmethod
+    def check_config(cls, config, path: str) -> None:
+        c = config
         check_loss_options(c.normalize, c.logits_on, c.weighting, c.time_sampling, c.eps)
 
     def sample_time(self, batch_size: int, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:

@@ -37,7 +37,11 @@ class HybridObjective(Objective):
 
     def __init__(self, config: HybridObjectiveConfig | None = None) -> None:
         super().__init__(config)
-        c = self.config
+        self.check_config(self.config, "objective")
+
+    @classmethod
+    def check_config(cls, config, path: str) -> None:
+        c = config
         check_loss_options(c.normalize, "masked", c.weighting, c.time_sampling, c.eps)
 
     def prepare(self, context: ObjectiveContext) -> None:

@@ -28,10 +28,14 @@ class ThresholdSampler(Sampler):
 
     def __init__(self, config=None) -> None:
         super().__init__(config)
-        if not 0.0 <= float(self.config.threshold) <= 1.0:
-            raise ValueError(f"sampler.threshold must be in [0, 1], got {self.config.threshold}")
-        if self.config.factor is not None and float(self.config.factor) <= 0:
-            raise ValueError(f"sampler.factor must be > 0 (or null for the fixed threshold), got {self.config.factor}")
+        self.check_config(self.config, "sampler")
+
+    @classmethod
+    def check_config(cls, config, path: str) -> None:
+        if not 0.0 <= float(config.threshold) <= 1.0:
+            raise ValueError(f"{path}.threshold must be in [0, 1], got {config.threshold}")
+        if config.factor is not None and float(config.factor) <= 0:
+            raise ValueError(f"{path}.factor must be > 0 (or null for the fixed threshold), got {config.factor}")
 
     def select(
         self,

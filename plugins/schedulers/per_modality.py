@@ -33,10 +33,14 @@ class PerModalitySchedule(MaskScheduler):
         super().__init__(config)
         from diffuspeech.compose import build_component
 
-        if not 0.0 <= float(self.config.speech_delay) < 1.0:
-            raise ValueError(f"speech_delay must be in [0, 1), got {self.config.speech_delay}")
+        self.check_config(self.config, "scheduler")
         self.text = build_component("schedulers", self.config.text, path="scheduler.text")
         self.speech = build_component("schedulers", self.config.speech, path="scheduler.speech")
+
+    @classmethod
+    def check_config(cls, config, path: str) -> None:
+        if not 0.0 <= float(config.speech_delay) < 1.0:
+            raise ValueError(f"{path}.speech_delay must be in [0, 1), got {config.speech_delay}")
 
     def mask_prob(self, t: torch.Tensor, modality: str = TEXT) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=torch.float32)

@@ -53,6 +53,17 @@ class LLaDABackbone(Backbone):
         gradient_checkpointing: bool = False  # recompute each block in backward (saves activation memory)
         seed: Optional[int] = None  # seed for the random init of a fresh model (None = torch's global RNG)
 
+    @classmethod
+    def check_config(cls, config: LLaDABackbone.Config, path: str) -> None:
+        """dtype, init and device choices, and (without a path) the architecture's shape rules."""
+        parse_dtype(config.dtype, path)
+        if config.new_row_init not in INITS:
+            raise ValueError(f"{path}.new_row_init: unknown init {config.new_row_init!r}; valid: {', '.join(INITS)}")
+        if config.device and str(config.device).startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"{path}.device: {config.device!r} but no CUDA GPU is available; use {path}.device=cpu (or leave it unset)")
+        if not config.path:
+            resolve_arch(config.preset, {k: getattr(config, k) for k in ARCH_FIELDS}, path)
+
     def __init__(self, config: Optional[LLaDABackbone.Config] = None) -> None:
         super().__init__(config)
         cfg = self.config
