@@ -2,8 +2,9 @@
 
 DATA is a folder of audio files or a JSONL manifest (``id``, ``audio``). Features come from
 the tokenizer config (default: ``mel_kmeans``, log-mel at 25 Hz); its quantizer setting is
-ignored while fitting. Writes the centroids (safetensors, with the tokenizer's metadata) and
-``<out>.yaml``, a tokenizer config that uses them.
+ignored while fitting. Writes the centroids (safetensors, with the tokenizer's metadata) and,
+beside them with the suffix ``.yaml`` (``units/mel16.safetensors`` -> ``units/mel16.yaml``), a
+tokenizer config that uses them.
 """
 
 from __future__ import annotations
