@@ -137,9 +137,15 @@ def hybrid_cross_entropy(
     attention_mask: torch.Tensor | None,  # [B, 1, L, L] bool, causal at the states before text targets
     normalize: str = "token",
     weighting: str = "elbo",
+    maskable: torch.Tensor | None = None,  # [B, L] bool, normalize="ttt": the speech targets that could be masked
 ) -> torch.Tensor:
-    """TtT's loss, one forward: shifted next-token CE on text targets + (weighted) masked CE on speech; a scalar."""
-    check_loss_options(normalize, "masked", weighting)
+    """TtT's loss, one forward: shifted next-token CE on text targets + (weighted) masked CE on speech; a scalar.
+
+    ``normalize="ttt"`` is TtT's own split: the text CE averaged per sample, then over the samples that
+    have text targets, plus the speech CE / p summed per sample over its ``maskable`` count, then
+    averaged over the samples that have maskable speech (two separately normalised terms)."""
+    if normalize != "ttt":
+        check_loss_options(normalize, "masked", weighting)
     if bool(text_target[:, 0].any()):
         raise ValueError("hybrid loss: position 0 is a text target, but nothing precedes it to predict it from")
     noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)  # [B, L] speech targets masked, text clean
@@ -152,4 +158,14 @@ def hybrid_cross_entropy(
     n_text = int(nxt.sum())
     if weighting == "elbo":
         ce = torch.cat([ce[:n_text], ce[n_text:] / p_mask[masked].to(ce.dtype)])
+    if normalize == "ttt":
+        b = ids.shape[0]
+        text_sum = torch.zeros(b, dtype=ce.dtype, device=ce.device).index_add_(0, rows[:n_text], ce[:n_text])  # [B]
+        audio_sum = torch.zeros(b, dtype=ce.dtype, device=ce.device).index_add_(0, rows[n_text:], ce[n_text:])  # [B]
+        n_text_row = text_target.sum(dim=1).to(ce.dtype)  # [B]
+        n_audio_row = (maskable if maskable is not None else masked).sum(dim=1).to(ce.dtype)  # [B]
+        has_text, has_audio = n_text_row > 0, n_audio_row > 0
+        l_ar = (text_sum / n_text_row.clamp_min(1))[has_text].sum() / has_text.sum().clamp_min(1)
+        l_diff = (audio_sum / n_audio_row.clamp_min(1))[has_audio].sum() / has_audio.sum().clamp_min(1)
+        return l_ar + l_diff
     return normalised_rows(ce, rows, target, normalize)
