@@ -166,6 +166,27 @@ class ConfigWarning(UserWarning):
     """A config change the composer made on its own (printed as one line by the CLI)."""
 
 
+def checked_section(schema: type, check: Any, name: str) -> Any:
+    """A :data:`SECTION_SCHEMAS` validator for section ``name``: keys and types against ``schema``, then
+    ``check(settings)`` for the values (any :class:`~diffuspeech.errors.UserError` it raises becomes a
+    ConfigError). The validator returns the settings instance."""
+    from .errors import UserError
+
+    def validate(node: Any, path: str = name) -> Any:
+        data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+        settings = validate_settings(schema, data, path, f"section {path!r}")
+        try:
+            check(settings)
+        except ConfigError:
+            raise
+        except UserError as exc:
+            raise ConfigError(str(exc)) from None
+        return settings
+
+    validate.__doc__ = f"``{name}:`` checked as ``config validate`` and the commands see it: keys, types and values."
+    return validate
+
+
 def _type_name(tp: Any) -> str:
     if tp is Any:
         return "any"

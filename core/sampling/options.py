@@ -8,12 +8,10 @@ Importing this module loads no engine.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
-from omegaconf import DictConfig, OmegaConf
-
-from ..compose import SECTION_SCHEMAS, validate_settings
-from ..errors import ConfigError, UserError
+from ..compose import SECTION_SCHEMAS, checked_section
+from ..errors import UserError
 
 __all__ = [
     "GENERATION_MODES", "KV_CACHE_MODES", "SAMPLING_BACKENDS", "DecodeOptions", "GenerationError", "check_options", "validate_generation_section",
@@ -52,17 +50,7 @@ class DecodeOptions:
     max_logits_bytes: int = 256 << 20  # bound on the float32 logits held at once (row chunks of the head)
 
 
-def validate_generation_section(node: Any, path: str = "generation") -> DecodeOptions:
-    """``generation:`` checked as ``config validate`` and the pipeline see it: keys, types and values."""
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-    options = validate_settings(DecodeOptions, data, path, f"section {path!r}")
-    try:
-        check_options(options)
-    except GenerationError as exc:
-        raise ConfigError(str(exc)) from None
-    return options
-
-
+validate_generation_section = checked_section(DecodeOptions, lambda options: check_options(options), "generation")
 SECTION_SCHEMAS["generation"] = validate_generation_section
 
 

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..compose import CROSS_CHECKS, SECTION_SCHEMAS, ConfigError, validate_settings
+from ..compose import CROSS_CHECKS, SECTION_SCHEMAS, ConfigError, checked_section, validate_settings
 
 __all__ = ["PRECISIONS", "StageConfig", "TrainConfig", "check_train_config", "section", "validate_train_section"]
 
@@ -52,14 +52,7 @@ class TrainConfig:
 
 
 
-def validate_train_section(node: Any, path: str = "train") -> TrainConfig:
-    """``train:`` checked as ``config validate`` and the trainer see it: keys, types and values."""
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-    tc = validate_settings(TrainConfig, data, path, f"section {path!r}")
-    check_train_config(tc)
-    return tc
-
-
+validate_train_section = checked_section(TrainConfig, lambda tc: check_train_config(tc), "train")
 SECTION_SCHEMAS["train"] = validate_train_section
 
 

@@ -38,7 +38,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..compose import SECTION_SCHEMAS, ConfigError, validate_settings
+from ..compose import SECTION_SCHEMAS, ConfigError, checked_section
 from ..errors import UserError
 from ..formats import Sequence, TaskSpec, layout
 from ..manifest import BadRow, read_manifest
@@ -67,16 +67,7 @@ class DataConfig:
     dev_max_examples: Optional[int] = None  # first N dev examples per task (None = all)
 
 
-def validate_data_section(node: Any, path: str = "data") -> DataConfig:
-    """``data:`` checked as ``config validate`` and the trainer see it: keys, types and values."""
-    from omegaconf import DictConfig, OmegaConf
-
-    raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-    dc = validate_settings(DataConfig, raw, path, f"section {path!r}")
-    check_data_config(dc)
-    return dc
-
-
+validate_data_section = checked_section(DataConfig, lambda dc: check_data_config(dc), "data")
 SECTION_SCHEMAS["data"] = validate_data_section
 
 
