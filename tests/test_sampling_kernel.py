@@ -180,3 +180,24 @@ def test_backend_resolution_and_errors():
             sample_rows(torch.zeros(1, 4), backend="triton")
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         sample_rows(torch.zeros(1, 4), temperature=-1.0)
+
+
+CHI2_DF4_P001 = 18.467  # chi-square critical value, 4 degrees of freedom, p = 0.001
+
+
+ON_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton draw runs on a GPU")
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=ON_GPU)])
+def test_temperature_draws_are_exact_in_distribution(backend):
+    """10^5 draws over 5 ids at T = 0.7 against softmax(l / T): a chi-square test (p = 0.001)."""
+    n = 100_000
+    device = "cuda" if backend == "triton" else "cpu"
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0, 0.5]], device=device).expand(n, -1).contiguous()
+    lo, hi = torch.zeros(n, dtype=torch.long, device=device), torch.full((n,), 5, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    ids, _ = sample_rows(logits, lo, hi, temperature=0.7, generator=gen, backend=backend)
+    observed = torch.bincount(ids.cpu(), minlength=5).double()
+    expected = torch.softmax(logits[0].cpu().double() / 0.7, dim=0) * n
+    chi2 = float(((observed - expected) ** 2 / expected).sum())
+    assert chi2 < CHI2_DF4_P001, (chi2, observed.tolist(), expected.tolist())

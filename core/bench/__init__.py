@@ -23,6 +23,7 @@ def register_benches(register):
         ("sampler", "sampling step (output head + selection) vs LLaDA's reference generate(); fused kernel on GPU"),
         ("kv_cache", "Fast-dLLM prefix/dual KV cache vs full forwards: speed and agreement (and accuracy with --model)"),
         ("train", "training step: LM head on masked positions only vs the whole canvas (126,973-id vocabulary)"),
+        ("decode", "whole generations (kv_cache none / prefix / dual) against LLaDA's reference loop; 8B-shaped on CUDA"),
     ):
         register(name, f"diffuspeech.bench.{name}:run", help=help_, add_arguments=f"diffuspeech.bench.{name}:add_arguments")
 

@@ -29,6 +29,7 @@ from ..backbone import Backbone
 from ..sampling.generation import CanvasSpec, _sample_candidates, generate
 from ..sampling.options import DecodeOptions
 from . import device_name
+from .reference import reference_generate, reference_select
 
 VOCAB = 126_973
 MASK_ID = 126_336
@@ -76,47 +77,6 @@ class _TinyBackbone(Backbone):
         raise NotImplementedError("benchmark backbone")
 
 
-# ----------------------------------------------------------------- the reference step (LLaDA generate())
-def _reference_select(model: Backbone, hidden, x, block_end: int, k: torch.Tensor, temperature: float):
-    logits = model.logits(hidden)  # [B, L, V] full canvas
-    if temperature > 0:
-        noisy = logits.to(torch.float64)
-        noise = torch.rand_like(noisy, dtype=torch.float64)
-        noisy = noisy.exp() / (-torch.log(noise)) ** temperature
-    else:
-        noisy = logits
-    x0 = torch.argmax(noisy, dim=-1)  # [B, L]
-    p = F.softmax(logits, dim=-1)  # [B, L, V]
-    x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1)  # [B, L]
-    x0_p[:, block_end:] = -math.inf
-    mask_index = x == MASK_ID
-    x0 = torch.where(mask_index, x0, x)
-    confidence = torch.where(mask_index, x0_p, -math.inf)
-    transfer = torch.zeros_like(x0, dtype=torch.bool)
-    for j in range(confidence.shape[0]):
-        _, idx = torch.topk(confidence[j], k=int(k[j]))
-        transfer[j, idx] = True
-    x = x.clone()
-    x[transfer] = x0[transfer]
-    return x
-
-
-@torch.no_grad()
-def _reference_generate(model, prompt, gen_length: int, steps: int, block_length: int) -> torch.Tensor:
-    x = torch.cat([prompt, torch.full((prompt.shape[0], gen_length), MASK_ID)], dim=1)
-    num_blocks = gen_length // block_length
-    per_block = steps // num_blocks
-    for nb in range(num_blocks):
-        start, end = prompt.shape[1] + nb * block_length, prompt.shape[1] + (nb + 1) * block_length
-        n = (x[:, start:end] == MASK_ID).sum(dim=1, keepdim=True)
-        counts = torch.zeros(x.shape[0], per_block, dtype=torch.long) + n // per_block
-        for j in range(x.shape[0]):
-            counts[j, : int(n[j] % per_block)] += 1
-        for i in range(per_block):
-            x = _reference_select(model, model.hidden_states(x), x, end, counts[:, i], 0.0)
-    return x
-
-
 def _median_ms(fn: Callable[[], Any], repeats: int, sync: Callable[[], None] = lambda: None) -> float:
     fn()
     sync()
@@ -158,11 +118,11 @@ def _cpu_step(args) -> dict[str, Any]:
 
         return step
 
-    ref_ms = {t: _median_ms(lambda t=t: _reference_select(model, hidden, x, block_end, k, t), args.repeats) for t in (0.0, 1.0)}
+    ref_ms = {t: _median_ms(lambda t=t: reference_select(model, hidden, x, block_end, k, t), args.repeats) for t in (0.0, 1.0)}
     our_ms = {t: _median_ms(ours(t), args.repeats) for t in (0.0, 1.0)}
 
     steps = args.identical_steps
-    ref_tokens = _reference_generate(model, prompt, gen, steps, args.block_length)
+    ref_tokens = reference_generate(model, prompt, gen, steps, args.block_length)
     canvas = CanvasSpec(tokens=torch.cat([prompt, torch.full((1, gen), MASK_ID)], dim=1), mask_id=MASK_ID)
     our_tokens = generate(model, canvas, DecodeOptions(steps=steps, block_length=args.block_length, backend="torch")).tokens
     return {
