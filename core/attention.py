@@ -8,7 +8,7 @@ Properties of a mask that decoders and objectives rely on: :func:`is_causal`, :f
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -18,7 +18,13 @@ from .modality import MODALITY_CODE, SPECIAL, SPEECH, TEXT
 
 
 class AttentionPolicy(Component, ABC):
-    """Builds boolean attention masks; True means "query may attend to key"."""
+    """Builds boolean attention masks; True means "query may attend to key".
+
+    A policy that also needs to know which positions are targets (e.g. blocks aligned with the decode
+    blocks of the targets) sets ``needs_target = True`` and accepts ``mask(modality, valid, target=...)``;
+    callers go through :func:`policy_mask`, which passes it only to such policies."""
+
+    needs_target: ClassVar[bool] = False
 
     @abstractmethod
     def mask(
@@ -74,6 +80,13 @@ def probe_canvas() -> tuple[torch.Tensor, torch.Tensor]:
     return modality, valid
 
 
+def probe_target(modality: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The probe canvas's targets ``[B, L]``: every text and speech position after the first two."""
+    target = (modality != MODALITY_CODE[SPECIAL]) & valid
+    target[:, :3] = False  # the task token, a start token and the first condition unit
+    return target
+
+
 def check_causal_mask(
     attention_mask: torch.Tensor | None,  # [B, 1, L, L] bool or None (= full attention)
     policy: str = "?",  # the attention policy's registered name, for the message
@@ -91,7 +104,7 @@ def check_causal_mask(
 def check_causal_policy(policy: Any, name: str, what: str = "objective.name=autoregressive") -> None:
     """Probe an attention policy on a small mixed text/speech/padding canvas (see :func:`check_causal_mask`)."""
     modality, valid = probe_canvas()  # [2, 16] each
-    check_causal_mask(policy.mask(modality, valid), name, what)
+    check_causal_mask(policy_mask(policy, modality, valid, probe_target(modality, valid)), name, what)
 
 
 def states_before(positions: torch.Tensor) -> torch.Tensor:
@@ -134,4 +147,13 @@ def check_hybrid_policy(policy: Any, name: str, what: str = "objective.name=hybr
     """Probe a policy on a mixed canvas: every state before a text position must see only the past."""
     modality, valid = probe_canvas()  # [2, 16] each
     predict_from = states_before((modality != MODALITY_CODE[SPEECH]) & valid)  # [2, 16] before each text/special position
-    check_next_token_positions(policy.mask(modality, valid), predict_from, name, what)
+    check_next_token_positions(policy_mask(policy, modality, valid, probe_target(modality, valid)), predict_from, name, what)
+
+
+def policy_mask(policy: Any, modality: torch.Tensor, valid: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """``policy.mask(...)`` ``[B, 1, L, L]``, with ``target [B, L]`` for policies that set ``needs_target``."""
+    if getattr(policy, "needs_target", False):
+        if target is None:
+            raise ValueError(f"attention policy {type(policy).__name__} needs the target positions (target=[B, L] bool)")
+        return policy.mask(modality, valid, target=target)
+    return policy.mask(modality, valid)

@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .attention import check_causal_mask, check_next_token_positions, states_before
+from .attention import check_causal_mask, check_next_token_positions, policy_mask, states_before
 from .audio import AudioError, checked_speed_rate, is_silent, load_audio, speed_perturb
 from .compose import ConfigError
 from .formats import TARGET, TaskSpec, collate, layout, split_targets
@@ -153,7 +153,7 @@ class Pipeline:
         targets = [s for s in task.segments if s.role == TARGET]
         ends = torch.tensor([vocab.text_end_id if s.modality == TEXT else vocab.speech_end_id for s in targets])
         attention = self.model.attention
-        attn = attention.mask(batch["modality"], batch["valid"]) if attention is not None else None
+        attn = policy_mask(attention, batch["modality"], batch["valid"], batch["target"]) if attention is not None else None
         dev = self.device
         spec = CanvasSpec(
             tokens=batch["ids"].to(dev),

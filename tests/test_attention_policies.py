@@ -7,6 +7,7 @@ import torch
 
 from diffuspeech import build_component
 from diffuspeech.modality import MODALITY_CODE
+from diffuspeech.testing import check_component
 
 T, S, X = MODALITY_CODE["text"], MODALITY_CODE["speech"], MODALITY_CODE["special"]
 
@@ -87,3 +88,44 @@ def test_bad_shapes_are_explained():
     pol = build_component("attention", {"name": "causal"})
     with pytest.raises(ValueError, match=r"\[batch, length\]"):
         pol.mask(torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.bool))
+
+
+# --------------------------------------------------------------------------- blocks aligned with the decode blocks
+def test_target_aligned_blocks_count_from_the_first_target():
+    from diffuspeech.attention import policy_mask
+
+    policy = build_component("attention", {"name": "block_causal", "block_size": 2, "align": "target"})
+    modality = torch.zeros(1, 7, dtype=torch.long)
+    valid = torch.ones(1, 7, dtype=torch.bool)
+    target = torch.tensor([[False, False, False, True, True, True, True]])  # 3 conditions, then 2 blocks of 2
+    mask = policy_mask(policy, modality, valid, target)[0, 0]
+    assert mask[:3, :3].all() and not mask[:3, 3:].any()  # conditions see conditions only
+    assert mask[3:, :3].all()  # every target sees every condition
+    assert mask[3, 4] and not mask[3, 5] and mask[5, 3] and mask[6, 5]  # bidirectional in a block, causal across
+    with pytest.raises(ValueError, match="needs the target positions"):
+        policy_mask(policy, modality, valid)
+    check_component("attention", policy)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_kv_cache_is_exact_under_target_aligned_blocks(mode):
+    from diffuspeech.attention import policy_mask
+    from diffuspeech.sampling.generation import CanvasSpec, generate
+    from diffuspeech.sampling.options import DecodeOptions
+
+    backbone = build_component("backbones", {"name": "llada", "preset": "tiny", "d_model": 32, "n_layers": 2, "n_heads": 2,
+                                             "n_kv_heads": 2, "mlp_hidden_size": 64, "vocab_size": 64, "seed": 0}).eval()
+    mask_id = 63
+    prompt = torch.randint(0, mask_id, (2, 5), generator=torch.Generator().manual_seed(0))  # 5 conditions: not a multiple of 4
+    tokens = torch.cat([prompt, torch.full((2, 12), mask_id)], dim=1)
+    target = tokens == mask_id
+    policy = build_component("attention", {"name": "block_causal", "block_size": 4, "align": "target"})
+    attn = policy_mask(policy, torch.zeros_like(tokens), torch.ones_like(target), target)
+
+    def run(kv):
+        canvas = CanvasSpec(tokens=tokens.clone(), mask_id=mask_id, attention_mask=attn)
+        return generate(backbone, canvas, DecodeOptions(steps=9, block_length=4, kv_cache=kv))
+
+    full, cached = run("none"), run(mode)
+    assert torch.equal(full.tokens, cached.tokens)
+    assert cached.cached_forwards > 0

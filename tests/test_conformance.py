@@ -53,7 +53,7 @@ def example_nodes(assets) -> dict[str, dict[str, dict]]:
             "bidirectional": {"name": "bidirectional"}, "causal": {"name": "causal"}, "hybrid": {"name": "hybrid"},
             "block_causal": {"name": "block_causal", "block_size": 4},
         },
-        "noisers": {"iid": {"name": "iid"}},
+        "noisers": {"iid": {"name": "iid"}, "hierarchical_block": {"name": "hierarchical_block", "block_size": 4}},
         "vocoders": {
             "griffinlim": {"name": "griffinlim", "path": str(assets / "mel.safetensors"), "n_iter": 2},
             "unit_hifigan": {"name": "unit_hifigan", "preset": "tiny", "num_units": 20},

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..attention import probe_canvas
+from ..attention import policy_mask, probe_canvas
 from ..modality import MODALITY_CODE, SPECIAL, SPEECH, TEXT
 
 __all__ = ["CHECKS", "ConformanceError", "check_component"]
@@ -99,7 +99,8 @@ def check_attention(policy: Any, **_: Any) -> None:
     query never attends to a padding key."""
     for modality, valid in _canvases(torch.Generator().manual_seed(0)):
         b, length = modality.shape
-        mask = policy.mask(modality, valid)
+        target = valid & (torch.arange(length)[None, :] >= length // 3)  # the last two thirds are targets
+        mask = policy_mask(policy, modality, valid, target)
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (b, 1, length, length):
             got = f"{getattr(mask, 'dtype', type(mask))} {tuple(getattr(mask, 'shape', ()))}"
             _fail(policy, f"mask must be [B, 1, L, L] bool = [{b}, 1, {length}, {length}], got {got}")
@@ -235,7 +236,7 @@ def check_objective(objective: Any, backbone: Any = None, **_: Any) -> None:
     attention = build_component("attention", "causal", "attention")
     objective.prepare(ObjectiveContext(build_component("schedulers", "linear"), build_component("noisers", "iid"),
                                        vocab.mask_id, attention, "causal"))
-    mask = attention.mask(batch["modality"], batch["valid"])  # [3, 1, L, L]
+    mask = policy_mask(attention, batch["modality"], batch["valid"], batch["target"])  # [3, 1, L, L]
     backbone.zero_grad()
     out = objective.loss(backbone, batch, torch.Generator().manual_seed(0), mask)
     if out.loss.dim() != 0 or not bool(torch.isfinite(out.loss)):

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..attention import AttentionPolicy
+from ..attention import AttentionPolicy, policy_mask
 from ..errors import ConfigError
 from ..objective import Objective
 
@@ -33,7 +33,7 @@ class TrainModule(nn.Module):
         generator: torch.Generator,  # CPU generator: t and the mask draw
         fixed_t: Optional[float] = None,  # evaluation: every sequence at this t, token-normalised loss
     ) -> torch.Tensor:
-        attn = self.attention.mask(batch["modality"], batch["valid"])  # [B, 1, L, L]
+        attn = policy_mask(self.attention, batch["modality"], batch["valid"], batch["target"])  # [B, 1, L, L]
         if fixed_t is None:
             return self.objective.loss(self.backbone, batch, generator, attn).loss
         return self.objective.dev_loss(self.backbone, batch, float(fixed_t), generator, attn)

@@ -5,6 +5,8 @@ from diffuspeech.hookspecs import hookimpl
 
 @hookimpl
 def register_noisers(register):
+    from .hierarchical_block import HierarchicalBlockNoiser
     from .iid import IIDNoiser
 
     register("iid", IIDNoiser)
+    register("hierarchical_block", HierarchicalBlockNoiser)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from diffuspeech.attention import check_hybrid_policy, check_next_token_positions, states_before
+from diffuspeech.attention import check_hybrid_policy, check_next_token_positions, policy_mask, states_before
 from diffuspeech.modality import MODALITY_CODE, SPEECH
 from diffuspeech.objective import LossOutput, Objective, ObjectiveContext
 from diffuspeech.training.losses import check_loss_options, hybrid_cross_entropy, sample_time
@@ -122,7 +122,7 @@ class HybridObjective(Objective):
             batch = truncate_last_speech_span(batch, *self.draw_truncation(batch["ids"].shape[0], generator))
             attention = self._context().attention
             if attention is not None:  # positions moved: the mask follows the new canvas
-                attention_mask = attention.mask(batch["modality"], batch["valid"]).to(batch["ids"].device)
+                attention_mask = policy_mask(attention, batch["modality"], batch["valid"], batch["target"]).to(batch["ids"].device)
         clean_audio = c.clean_audio_prob > 0 and bool(torch.rand((), generator=generator) < c.clean_audio_prob)
         preserved = None
         if c.prefix_preservation_ratio > 0:
