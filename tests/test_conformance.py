@@ -67,7 +67,8 @@ def example_nodes(assets) -> dict[str, dict[str, dict]]:
             "hf_decoder": {"name": "hf_decoder", "model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1,
                            "num_attention_heads": 2, "vocab_size": 96, "seed": 0},
         },
-        "objectives": {"diffusion": {"name": "diffusion"}, "autoregressive": {"name": "autoregressive"}, "hybrid": {"name": "hybrid"}},
+        "objectives": {"diffusion": {"name": "diffusion"}, "autoregressive": {"name": "autoregressive"}, "hybrid": {"name": "hybrid"},
+                       "self_distillation": {"name": "self_distillation", "teacher_steps": 2}},
     }
 
 

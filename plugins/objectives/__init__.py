@@ -8,7 +8,9 @@ def register_objectives(register):
     from .autoregressive import AutoregressiveObjective
     from .diffusion import MaskedDiffusionObjective
     from .hybrid import HybridObjective
+    from .self_distillation import SelfDistillationObjective
 
     register("diffusion", MaskedDiffusionObjective)
     register("autoregressive", AutoregressiveObjective)
     register("hybrid", HybridObjective)
+    register("self_distillation", SelfDistillationObjective)
