@@ -413,5 +413,12 @@ class Pipeline:
         )
         return result, notes
 
+    def stream(self, task_name: str, inputs: dict[str, Any], min_chunk: int = 1, **overrides: Any):
+        """Decode one input and yield text and audio chunks as its targets finish, then the full output
+        (see :mod:`diffuspeech.streaming`): ``for chunk in pipe.stream("s2s", {...}, block_length=8): ...``."""
+        from .streaming import stream
+
+        return stream(self, task_name, inputs, min_chunk=min_chunk, **overrides)
+
     def run(self, task_name: str, inputs: dict[str, Any], **kwargs: Any) -> PipelineOutput:
         return self.run_batch(task_name, [inputs], **kwargs)[0]

@@ -32,6 +32,8 @@ def configure(p) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="inputs decoded together (default 8)")
     p.add_argument("--trajectory", action="store_true", help="add each position's reveal step to the JSON (key 'trajectory')")
     p.add_argument("--progress", action="store_true", help="show a progress bar over denoising steps")
+    p.add_argument("--stream", action="store_true",
+                   help="write each spoken answer in chunks as its blocks finish (<stem>_chunkNN.wav) and report the first-chunk latency")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--allow-version-mismatch", action="store_true", help="load a model saved with other plugin versions")
     p.add_argument("--allow-external-paths", action="store_true", help="trust a model folder whose config points at files outside it")
@@ -95,6 +97,8 @@ def run(args) -> int:
         for k, v in {"steps": args.steps, "block_length": args.block_length, "temperature": args.temperature, "cfg_scale": args.cfg_scale}.items()
         if v is not None
     }
+    if args.stream:
+        return _run_streaming(pipe, args, items, speech_field, text_field, overrides_kw, speech_in)
     rates = pipe.vote_rates(task, pipe.defaults.speed_votes)  # generation.speed_votes (model config or override)
     copies = max(1, len(rates))
     failures = 0
@@ -131,4 +135,33 @@ def run(args) -> int:
             records[n] = record
         for n in sorted(records):
             print(json.dumps(records[n]), flush=True)
+    return 1 if failures and failures == len(items) else 0
+
+
+def _run_streaming(pipe, args, items, speech_field, text_field, overrides_kw, speech_in) -> int:
+    """``--stream``: one input at a time; every audio chunk is written as it comes, then the whole answer."""
+    out_dir = Path(args.out_dir)
+    used: set[str] = set()
+    failures = 0
+    for n, (label, item) in enumerate(items):
+        try:
+            chunks = list(pipe.stream(args.task, item, **overrides_kw))
+        except (AudioError, ValueError) as exc:
+            failures += 1
+            print(json.dumps({"input": label, "error": str(exc)}), flush=True)
+            continue
+        out = chunks[-1].value
+        stem = unique_stem(Path(label).stem if speech_in else f"{args.task}_{n:04d}", used)
+        audio = [c for c in chunks if c.kind == "audio" and c.field == speech_field]
+        record = {"input": label, "thinking": out.fields.get("thinking"), "text": out.fields.get(text_field) if text_field else None,
+                  "audio": None, "chunks": [], "first_chunk_s": round(audio[0].elapsed_s, 4) if audio else None,
+                  "total_s": round(chunks[-1].elapsed_s, 4)}
+        for i, c in enumerate(audio):
+            path = write_audio(out_dir / f"{stem}_chunk{i:02d}.wav", c.value if c.value.numel() else torch.zeros(1), c.sample_rate)
+            record["chunks"].append({"audio": str(path), "units": int(c.units.numel()), "at_s": round(c.elapsed_s, 4)})
+        if speech_field and speech_field in out.audio and out.audio[speech_field].numel():
+            record["audio"] = str(write_audio(out_dir / f"{stem}.wav", out.audio[speech_field], out.sample_rate))
+        if out.warnings:
+            record["warnings"] = out.warnings
+        print(json.dumps(record), flush=True)
     return 1 if failures and failures == len(items) else 0

@@ -53,6 +53,8 @@ def register_commands(register):
 def register_benches(register):
     register("judge", "diffuspeech.recipes.arith.bench:run", add_arguments="diffuspeech.recipes.arith.bench:add_arguments",
              help="pocketsphinx number judge: assistant-voice accuracy, noise false accepts, latency")
+    register("stream", "diffuspeech.recipes.arith.stream_bench:run", add_arguments="diffuspeech.recipes.arith.stream_bench:add_arguments",
+             help="streaming TTS: first-chunk latency and units/s at 1/4/16 steps per block vs the autoregressive model")
 
 
 @hookimpl
