@@ -64,3 +64,22 @@ def test_options_are_validated():
     for bad, key in [({"teacher_steps": 0}, "teacher_steps"), ({"weight": 1.5}, "weight"), ({"temperature": 0}, "temperature")]:
         with pytest.raises(ConfigError, match=rf"objective.{key}"):
             build_component("objectives", {"name": "self_distillation", **bad})
+
+
+def test_vocalnet_config_trains_then_distils(tmp_path):
+    """configs/vocalnet_mdm_tiny.yaml: block-causal + hierarchical masking, then a self-distillation stage from it."""
+    from pathlib import Path
+
+    from synthetic_manifest import arithmetic_rows, write_manifest
+
+    from diffuspeech.cli import main
+    from diffuspeech.model import SpeechDiffusionModel
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "vocalnet_mdm_tiny.yaml")
+    manifest = write_manifest(tmp_path / "train.jsonl", arithmetic_rows(24))
+    common = [f"data.manifest={manifest}", "data.batch_size=4", "train.progress=false", "train.tensorboard=false"]
+    assert main(["train", config, *common, "train.stages.0.steps=3", "--out", str(tmp_path / "mdm")]) == 0
+    assert main(["train", config, *common, "train.stages.0.steps=2", f"train.init_from={tmp_path / 'mdm' / 'model'}",
+                 "objective={name: self_distillation, teacher_steps: 4, refresh_every: 1}", "--out", str(tmp_path / "sd")]) == 0
+    model = SpeechDiffusionModel.load(tmp_path / "sd" / "model")
+    assert model.config.objective.name == "self_distillation" and model.config.attention.align == "target"
