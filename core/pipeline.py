@@ -11,7 +11,6 @@ Decoding settings come from the model config's ``generation`` section, overridab
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,26 +26,10 @@ from .modality import MODALITY_CODE, SPEECH, TEXT
 from .model import SpeechDiffusionModel, resolve_model_dir
 from .objective import mode_mismatch_note
 from .registry import RegistryError, get_registry
-from .sampling.generation import CanvasSpec, GenerationResult, StepInfo, generate
+from .sampling.generation import CanvasSpec, GenerationResult, StepInfo, diffusion_steps, generate
 from .sampling.options import DecodeOptions, GenerationError, check_options, validate_generation_section
 
 SpeechInput = Union[str, Path, torch.Tensor]
-
-
-def diffusion_steps(opts: DecodeOptions, diffused: torch.Tensor) -> int:
-    """The engine's step count for a batch whose ``diffused [B, L]`` positions it fills.
-
-    Without blocks: ``opts.steps``, at most one per target token (e.g. S2T's short answer).
-    With ``block_length``: whole steps per block (rounded up), at most one per target token,
-    so one config serves tasks of any length."""
-    steps = opts.steps
-    if opts.block_length is None:
-        return max(1, min(steps, int(diffused.sum(dim=1).min())))
-    if isinstance(opts.block_length, int) and opts.block_length > 0 and isinstance(steps, int) and steps > 0:
-        n_target = max(1, int(diffused.sum(dim=1).max()))
-        num_blocks = math.ceil(n_target / opts.block_length)
-        return num_blocks * max(1, min(math.ceil(steps / num_blocks), n_target // num_blocks))
-    return steps  # invalid values: the engine names the problem
 
 
 @dataclass
@@ -285,7 +268,7 @@ class Pipeline:
         except GenerationError as exc:
             raise ConfigError(str(exc)) from None
         diffused = batch["target"]  # [B, L] the positions the diffusion engine fills
-        if opts.mode == "hybrid":
+        if opts.mode in ("hybrid", "interleaved"):
             diffused = diffused & (batch["modality"] == MODALITY_CODE[SPEECH])
         diffusion_options = dataclasses.replace(
             opts, steps=diffusion_steps(opts, diffused), record_trajectory=record_trajectory or opts.record_trajectory,
@@ -295,7 +278,7 @@ class Pipeline:
         notes: list[str] = []
         if opts.mode == "autoregressive":
             result, notes = self.decode_autoregressive(spec, opts, record_trajectory, progress, on_step)
-        elif opts.mode == "hybrid":
+        elif opts.mode in ("hybrid", "interleaved"):
             result, notes = self.decode_hybrid(spec, opts, diffusion_options, sampler, record_trajectory, progress, on_step)
         else:
             result = generate(model.backbone, spec, diffusion_options, sampler=sampler, scheduler=scheduler, on_step=on_step)
@@ -390,26 +373,28 @@ class Pipeline:
         progress: bool,
         on_step: Callable[[StepInfo], None] | None,
     ) -> tuple[GenerationResult, list[str]]:
-        """``generation.mode: hybrid`` (TtT): :func:`~diffuspeech.sampling.hybrid.hybrid_decode` on the canvas.
+        """``generation.mode: hybrid`` / ``interleaved`` (TtT): :func:`~diffuspeech.sampling.hybrid.hybrid_decode`.
 
         Text targets are decoded left to right (``temperature``, ``seed``, ``backend``); speech
-        targets by the diffusion engine with every diffusion setting."""
+        targets by the diffusion engine with every diffusion setting: after all the text (``hybrid``),
+        or segment by segment in reading order (``interleaved``: text after a spoken span sees it)."""
         from .sampling.autoregressive import ARDecodeOptions
         from .sampling.hybrid import hybrid_decode, speech_targets
 
         if opts.cfg_scale > 0:
-            raise ConfigError("generation.cfg_scale: classifier-free guidance is not supported with generation.mode=hybrid; set it to 0")
-        notes = self.objective_note("hybrid")
+            raise ConfigError(f"generation.cfg_scale: classifier-free guidance is not supported with generation.mode={opts.mode}; set it to 0")
+        notes = self.objective_note(opts.mode)
         text_options = ARDecodeOptions(
             temperature=opts.temperature, seed=opts.seed, backend=opts.backend, record_trajectory=record_trajectory, progress=progress
         )
         text = (spec.tokens == spec.mask_id) & spec.valid & ~speech_targets(spec)  # [B, L]
         predict_from = states_before(text)  # [B, L]
         if bool(predict_from.any()):
-            check_next_token_positions(spec.attention_mask, predict_from, self.attention_name(), "generation.mode=hybrid")
+            check_next_token_positions(spec.attention_mask, predict_from, self.attention_name(), f"generation.mode={opts.mode}")
         scheduler = self.model.scheduler if opts.use_scheduler else None
         result = hybrid_decode(
-            self.model.backbone, spec, text_options, diffusion_options, sampler=sampler, scheduler=scheduler, on_step=on_step
+            self.model.backbone, spec, text_options, diffusion_options, sampler=sampler, scheduler=scheduler, on_step=on_step,
+            interleaved=opts.mode == "interleaved",
         )
         return result, notes
 

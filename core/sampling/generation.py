@@ -59,7 +59,7 @@ from .kernels.sampling import resolve_backend, sample_rows
 from .kv_cache import BlockForward
 from .options import DecodeOptions, GenerationError, check_options
 
-__all__ = ["CanvasSpec", "DecodeOptions", "GenerationError", "GenerationResult", "StepInfo", "even_split_counts", "generate"]
+__all__ = ["CanvasSpec", "DecodeOptions", "GenerationError", "GenerationResult", "StepInfo", "diffusion_steps", "even_split_counts", "generate"]
 
 SPECIAL_CODE = MODALITY_CODE["special"]
 SPEECH_CODE = MODALITY_CODE[SPEECH]
@@ -105,6 +105,22 @@ class GenerationResult:
     cached_forwards: int = 0  # of forward_passes, those that ran only a block window on the KV cache
     positions_computed: int = 0  # query positions the backbone ran, summed over the rows of every pass
     tokens_scored: int = 0  # positions the output head scored (conditional rows; the CFG pass scores as many again)
+
+
+def diffusion_steps(opts: DecodeOptions, diffused: torch.Tensor) -> int:
+    """The engine's step count for a batch whose ``diffused [B, L]`` positions it fills.
+
+    Without blocks: ``opts.steps``, at most one per target token (e.g. S2T's short answer).
+    With ``block_length``: whole steps per block (rounded up), at most one per target token,
+    so one config serves tasks of any length."""
+    steps = opts.steps
+    if opts.block_length is None:
+        return max(1, min(steps, int(diffused.sum(dim=1).min())))
+    if isinstance(opts.block_length, int) and opts.block_length > 0 and isinstance(steps, int) and steps > 0:
+        n_target = max(1, int(diffused.sum(dim=1).max()))
+        num_blocks = math.ceil(n_target / opts.block_length)
+        return num_blocks * max(1, min(math.ceil(steps / num_blocks), n_target // num_blocks))
+    return steps  # invalid values: the engine names the problem
 
 
 def even_split_counts(num_masked: torch.Tensor, steps: int) -> torch.Tensor:

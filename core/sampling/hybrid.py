@@ -25,7 +25,7 @@ from ..backbone import Backbone
 from ..sampler import Sampler
 from ..scheduler import MaskScheduler
 from .autoregressive import ARDecodeOptions, ar_decode
-from .generation import SPEECH_CODE, CanvasSpec, GenerationResult, StepInfo, _per_position, generate
+from .generation import SPEECH_CODE, CanvasSpec, GenerationResult, StepInfo, _per_position, diffusion_steps, generate
 from .options import DecodeOptions, GenerationError
 
 __all__ = ["hybrid_decode", "speech_targets"]
@@ -49,8 +49,17 @@ def hybrid_decode(
     sampler: Sampler | str | dict = "low_confidence",
     scheduler: MaskScheduler | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
+    interleaved: bool = False,
 ) -> GenerationResult:
-    """Fill the canvas's text targets autoregressively, then its speech targets by diffusion."""
+    """Fill the canvas's text targets autoregressively, then its speech targets by diffusion.
+
+    ``interleaved`` (TtT's decoding order): target segment by target segment in reading order,
+    text left to right, speech by diffusion in blocks of ``speech_options.block_length`` with early
+    stop at its end token, so text after a spoken span is decoded from the finished speech.
+    Positions after the segment being diffused are left out of that phase (they are later; under
+    TtT's mask no earlier position reads them), so the engine fills that segment only."""
+    if interleaved:
+        return _interleaved(backbone, canvas, text_options, speech_options, sampler, scheduler, on_step)
     speech = speech_targets(canvas)  # [B, L]
     valid = _per_position(canvas.valid, "valid", canvas.tokens.shape, True, torch.bool, canvas.tokens.device)
     text = (canvas.tokens == int(canvas.mask_id)) & valid & ~speech  # [B, L]
@@ -72,6 +81,40 @@ def hybrid_decode(
         )
         tokens = second.tokens
         phases.append((second, speech))
+    return _merge(phases, tokens, record, canvas)
+
+
+def _interleaved(backbone, canvas, text_options, speech_options, sampler, scheduler, on_step) -> GenerationResult:
+    shape, device, mask_id = canvas.tokens.shape, canvas.tokens.device, int(canvas.mask_id)
+    valid = _per_position(canvas.valid, "valid", shape, True, torch.bool, device)
+    segment = _per_position(canvas.segment, "segment", shape, 0, torch.long, device)
+    speech = speech_targets(canvas)  # [B, L]
+    record = text_options.record_trajectory or speech_options.record_trajectory
+    positions = torch.arange(shape[1], device=device)  # [L]
+    phases: list[tuple[GenerationResult, torch.Tensor]] = []
+    tokens = canvas.tokens
+    for s in range(int(segment.max()) + 1 if segment.numel() else 0):
+        where = (tokens == mask_id) & valid & (segment == s)  # [B, L] this segment's masks
+        if not bool(where.any()):
+            continue
+        if bool((where & ~speech).any()):  # a text segment: left to right
+            result = ar_decode(backbone, dataclasses.replace(canvas, tokens=tokens),
+                               dataclasses.replace(text_options, record_trajectory=record), on_step=on_step, only=where)
+        else:  # a speech segment: diffusion over this segment only, later positions left out
+            last = torch.where(segment == s, positions, -1).amax(dim=1)  # [B] last position of the segment
+            upto = valid & (positions[None, :] <= last[:, None])  # [B, L]
+            steps = diffusion_steps(speech_options, where)
+            result = generate(backbone, dataclasses.replace(canvas, tokens=tokens, valid=upto),
+                              dataclasses.replace(speech_options, steps=steps, record_trajectory=record),
+                              sampler=sampler, scheduler=scheduler, on_step=on_step)
+            result.tokens = torch.where(upto, result.tokens, tokens)  # positions left out keep their ids
+        tokens = result.tokens
+        phases.append((result, where))
+    return _merge(phases, tokens, record, canvas)
+
+
+def _merge(phases, tokens, record: bool, canvas: CanvasSpec) -> GenerationResult:
+    """One :class:`GenerationResult` from the phases run in order (trajectories numbered on)."""
     if not phases:
         raise GenerationError(f"nothing to generate: canvas.tokens has no mask id ({int(canvas.mask_id)}) at a valid position")
     trajectory = None

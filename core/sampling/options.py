@@ -17,7 +17,7 @@ __all__ = [
     "GENERATION_MODES", "KV_CACHE_MODES", "SAMPLING_BACKENDS", "DecodeOptions", "GenerationError", "check_options", "validate_generation_section",
 ]
 
-GENERATION_MODES = ("diffusion", "autoregressive", "hybrid")
+GENERATION_MODES = ("diffusion", "autoregressive", "hybrid", "interleaved")
 SAMPLING_BACKENDS = ("auto", "triton", "torch")
 KV_CACHE_MODES = ("none", "prefix", "dual")
 
@@ -30,6 +30,7 @@ class GenerationError(UserError):
 class DecodeOptions:
     # "diffusion" | "autoregressive" (left to right, one token per pass; needs attention.name=causal)
     # | "hybrid" (TtT: text left to right, then speech by diffusion; needs attention.name=hybrid or causal)
+    # | "interleaved" (TtT's order: target segments in reading order, text left to right, speech by diffusion in blocks)
     mode: str = "diffusion"
     steps: int = 32  # denoising steps in total over the blocks (the pipeline caps them at one per target token and rounds them up to whole steps per block)
     block_length: Optional[int] = None  # semi-autoregressive blocks over the targets (1 = strictly left to right); None = one block

@@ -50,7 +50,7 @@ class HybridObjective(Objective):
     """TtT for one batch: text targets autoregressive, speech targets masked diffusion."""
 
     Config = HybridObjectiveConfig
-    decoders = ("hybrid",)
+    decoders = ("hybrid", "interleaved")
     untrained = {
         "diffusion": "text is read from masked-position predictions",
         "autoregressive": "speech is read from next-token predictions",
