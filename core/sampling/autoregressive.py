@@ -4,7 +4,7 @@ Tensor-level like :mod:`diffuspeech.sampling.generation` and on the same :class:
 ``mask_id`` at a valid position is a target, filled strictly left to right, one token per
 row per forward pass. The token at target position p is chosen from the logits of the
 hidden state at p-1 (next-token prediction; the model must have been trained with
-``objective.mode: autoregressive`` under a causal attention policy, or ``hybrid`` for its
+``objective.name: autoregressive`` under a causal attention policy, or ``hybrid`` for its
 text), restricted to
 ``[allowed_lo, allowed_hi)`` with the mask id excluded: argmax at temperature 0, Gumbel-max
 at ``temperature`` otherwise (seeded), through the same sampling kernel as the engine.
@@ -144,7 +144,7 @@ def ar_decode(
     if bool((states_before(pending) & ~sees_only_past(canvas.attention_mask.to(device))).any()):
         raise GenerationError(
             "autoregressive decoding needs an attention mask under which the state before each target sees no later "
-            "position: set attention.name=causal (objective.mode=autoregressive) or hybrid (objective.mode=hybrid), "
+            "position: set attention.name=causal (objective.name=autoregressive) or hybrid (objective.name=hybrid), "
             "or decode with the diffusion mode"
         )
     segment = torch.where(pending, 0, -1) if canvas.segment is None else _per_position(canvas.segment, "segment", shape, -1, torch.long, device)

@@ -1,6 +1,6 @@
 """Hybrid decoding (TtT): text targets left to right, then speech targets by masked diffusion.
 
-The decoder of a model trained with ``objective.mode: hybrid`` under ``attention.name: hybrid``
+The decoder of a model trained with ``objective.name: hybrid`` under ``attention.name: hybrid``
 (causal text, bidirectional speech spans). Two phases on one :class:`CanvasSpec`:
 
 1. **text**: :func:`~diffuspeech.sampling.autoregressive.ar_decode` fills every text (and special) target,

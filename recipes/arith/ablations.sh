@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Ablations of the spoken-arithmetic model, by config override only (issue: embedded default).
-# Usage: [MODEL=DIR] [LIMIT=N] bash benchmarks/arith_ablations.sh CORPUS_DIR OUT_DIR [SCALE]
+# Usage: [MODEL=DIR] [LIMIT=N] bash recipes/arith/ablations.sh CORPUS_DIR OUT_DIR [SCALE]
 #   CORPUS_DIR: from `diffuspeech recipe arith prepare`; SCALE multiplies every training stage's steps.
 #   MODEL: the model whose decoding variants are measured (default: the scaled diffusion run);
 #   LIMIT: evaluate the first N dev rows only (default: all).

@@ -133,7 +133,7 @@ def _arith_train(sub) -> None:
         help="fit the units, check the spoken-channel ceiling, train the backbone (stage 1 then 2) and save the model",
         description="Reproduces the embedded default model from a corpus made by `recipe arith prepare` "
         "(about 45 minutes on 2 CPU cores). Extra key=value arguments override the recipe's config "
-        "(core/recipes/arith.yaml), e.g. train.stages.1.steps=100 for ablations.",
+        "(recipes/arith/arith.yaml), e.g. train.stages.1.steps=100 for ablations.",
     )
     p.add_argument("--data", default=d.data, help=f"corpus folder (default {d.data})")
     p.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
