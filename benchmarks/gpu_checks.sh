@@ -9,4 +9,4 @@ python -m pytest -q tests/test_sampling_kernel.py tests/test_kernels_compile.py 
 diffuspeech bench sampler --json
 diffuspeech bench decode --json --preset 8b --prompt 256 --gen 256 --block-length 32 --steps 256
 diffuspeech bench backbone --json
-diffuspeech bench train --json --device cuda
+diffuspeech bench train --json --device cuda --preset 1b --batch 8 --length 1024

@@ -22,9 +22,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--vocab", type=int, default=126973, help="vocabulary size (DiffuSpeech on LLaDA: 126973)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per mode (after one warm-up step)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    parser.add_argument("--preset", default="tiny", help="llada shape: tiny (default) | small | 1b (1.34B with the 126,973-id vocabulary, for a GPU)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the GPU's dense bf16 peak for model FLOPs utilisation (default: known H100/H200/A100 values)")
 
 
-def measure(device: str, batch: int, length: int, vocab: int, steps: int, threads: int) -> dict[str, Any]:
+ONE_B = {"d_model": 2048, "n_layers": 16, "n_heads": 16, "n_kv_heads": 16, "mlp_hidden_size": 5632}  # 1.34B: 0.82B body + 2 x 0.26B vocabulary rows
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # dense bf16, SXM
+
+
+def model_flops_per_token(params: int, length: int, d_model: int, n_layers: int) -> float:
+    """Training FLOPs per token: 6 N (forward + backward of every weight) + 12 L d_model n_layers (attention scores)."""
+    return 6.0 * params + 12.0 * n_layers * d_model * length
+
+
+def measure(device: str, batch: int, length: int, vocab: int, steps: int, threads: int, preset: str = "tiny") -> dict[str, Any]:
     """Both modes in this process: interleaved timed steps, then one memory-tracked step each."""
     import torch
 
@@ -36,8 +48,9 @@ def measure(device: str, batch: int, length: int, vocab: int, steps: int, thread
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
+    shape = ONE_B if preset == "1b" else {"preset": preset}
     backbone = build_component(
-        "backbones", {"name": "llada", "preset": "tiny", "vocab_size": vocab, "max_sequence_length": length, "seed": 0, "device": device}
+        "backbones", {"name": "llada", **shape, "vocab_size": vocab, "max_sequence_length": length, "seed": 0, "device": device}
     )
     scheduler, noiser = build_component("schedulers", "linear"), build_component("noisers", "iid")
     mask_id = vocab - 1
@@ -99,15 +112,17 @@ def measure(device: str, batch: int, length: int, vocab: int, steps: int, thread
         "peak_mb": peak_mb,
         "mask_ratio": masked_count / (2 * tokens),
         "threads": torch.get_num_threads(),
+        "params": sum(p.numel() for p in backbone.parameters()),
+        "arch": (backbone.arch.d_model, backbone.arch.n_layers),
     }
 
 
 def run(args) -> dict[str, Any]:
     from . import device_name
 
-    r = measure(args.device, args.batch, args.length, args.vocab, args.steps, args.threads)
+    r = measure(args.device, args.batch, args.length, args.vocab, args.steps, args.threads, args.preset)
     full, masked = r["tokens_per_s"]["all"], r["tokens_per_s"]["masked"]
-    return {
+    out = {
         "device": device_name(args.device),
         "vocab_size": args.vocab,
         "batch": args.batch,
@@ -121,4 +136,16 @@ def run(args) -> dict[str, Any]:
         "memory_ratio": round(r["peak_mb"]["all"] / max(r["peak_mb"]["masked"], 1e-6), 2),
         "peak_memory": "forward+backward above weights/grads/AdamW state: "
         + ("CUDA max_memory_allocated" if args.device.startswith("cuda") else "tensor bytes (dispatch-mode tracker)"),
+        "params_m": round(r["params"] / 1e6, 1),
     }
+    if args.device.startswith("cuda"):
+        import torch
+
+        name = torch.cuda.get_device_name(args.device)
+        peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+        if peak:
+            flops = model_flops_per_token(r["params"], args.length, *r["arch"])
+            out["full_logits_mfu"] = round(full * flops / (peak * 1e12), 3)
+            out["masked_logits_mfu"] = round(masked * flops / (peak * 1e12), 3)  # of the full model's FLOPs: the work avoided counts
+            out["peak_tflops"] = peak
+    return out
