@@ -249,6 +249,8 @@ def validate_settings(schema: type, settings: dict[str, Any], path: str, what: s
             ) from None
         msg = getattr(exc, "msg", str(exc)).splitlines()[0]
         raise ConfigError(f"{path}.{key}: {msg}" if key else f"{path}: {msg}") from None
+    except (TypeError, ValueError) as exc:  # e.g. a mapping where a list belongs (an index override on a missing list)
+        raise ConfigError(f"{path}: {str(exc).splitlines()[0]} (check the shape of the values under {path})") from None
     for key, node in nested.items():
         setattr(obj, key, node)
     return obj

@@ -245,3 +245,18 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_last_good_one(c
 def test_debug_flag_shows_the_traceback(capsys):
     with pytest.raises(Exception, match="unknown dtype"):
         main(["--debug", "config", "validate", TINY, "data.manifest=x", "backbone.dtype=float13"])
+
+
+def test_an_index_override_on_a_missing_list_is_one_line(capsys):
+    code, err = run_cli(capsys, "config", "validate", str(CONFIGS / "example.yaml"), "train.stages.0.lr=1e-3")
+    assert code == 2 and "config error: train:" in err
+
+
+def test_generate_answers_good_inputs_and_names_bad_ones(capsys, tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not audio")
+    capsys.readouterr()
+    code = main(["generate", "--task", "s2s", str(bad), "--out-dir", str(tmp_path / "out")])
+    out = capsys.readouterr()
+    assert code == 1 and "Traceback" not in out.err  # every input failed
+    assert "not a readable audio file" in json.loads(out.out.strip().splitlines()[-1])["error"]
