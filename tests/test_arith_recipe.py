@@ -92,3 +92,20 @@ def test_eval_cli_on_a_dev_subset_with_overrides_after_tasks(corpus, tmp_path, c
     capsys.readouterr()
     assert main(["eval", "arith", "--data", str(corpus), "--tasks", "s2x"]) == 2
     assert "unknown or missing task(s) ['s2x']" in capsys.readouterr().err
+
+
+def test_speaker_breakdown_reports_unseen_voices_and_the_worst_variant():
+    from diffuspeech.recipes.arith.evaluate import speaker_breakdown
+
+    rows, per_row = [], []
+    for i in range(12):
+        variant = "m1" if i < 6 else "f3"
+        rows.append({"answer_words": "five", "thinking": "2 + 3 = 5", "variant": variant,
+                     "dev_reason": "held-out variant" if variant == "f3" else "held-out combo"})
+        right = variant == "m1" or i % 2 == 0  # m1 always right, f3 half right
+        per_row.append({"heard": "five" if right else "four", "thinking": "2 + 3 = 5"})
+    out = speaker_breakdown(rows, per_row)
+    assert out["unseen_speaker_rows"] == 6 and out["unseen_speaker_spoken_accuracy"] == 0.5
+    assert out["unseen_speaker_thinking_exact"] == 1.0
+    assert out["worst_variant"] == "f3" and out["worst_variant_spoken_accuracy"] == 0.5
+    assert out["spoken_accuracy_by_variant"] == {"f3": 0.5, "m1": 1.0}

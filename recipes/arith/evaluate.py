@@ -78,6 +78,30 @@ def _plot_trajectory(out, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def speaker_breakdown(rows: list[dict], per_row: list[dict], min_rows: int = 5) -> dict[str, Any]:
+    """S2S accuracy on the voices training never heard (dev rows of held-out variants) and per voice
+    variant, with the worst variant (among those with at least ``min_rows`` rows)."""
+    by_variant: dict[str, list[int]] = {}
+    unseen = [0, 0, 0]  # spoken, thinking, rows
+    for r, p in zip(rows, per_row):
+        ok_spoken, ok_think = int(p.get("heard") == r["answer_words"]), int(p.get("thinking") == r["thinking"])
+        acc = by_variant.setdefault(str(r.get("variant", "?")), [0, 0, 0])
+        acc[0], acc[1], acc[2] = acc[0] + ok_spoken, acc[1] + ok_think, acc[2] + 1
+        if r.get("dev_reason") == "held-out variant":
+            unseen[0], unseen[1], unseen[2] = unseen[0] + ok_spoken, unseen[1] + ok_think, unseen[2] + 1
+    out: dict[str, Any] = {}
+    if unseen[2]:
+        out.update(unseen_speaker_rows=unseen[2], unseen_speaker_spoken_accuracy=unseen[0] / unseen[2],
+                   unseen_speaker_thinking_exact=unseen[1] / unseen[2])
+    counted = {v: a for v, a in by_variant.items() if a[2] >= min_rows}
+    if counted:
+        worst = min(counted, key=lambda v: (counted[v][0] / counted[v][2], v))
+        out.update(worst_variant=worst, worst_variant_spoken_accuracy=counted[worst][0] / counted[worst][2],
+                   worst_variant_rows=counted[worst][2])
+    out["spoken_accuracy_by_variant"] = {v: round(a[0] / a[2], 3) for v, a in sorted(by_variant.items())}
+    return out
+
+
 def evaluate(cfg: ArithEvalConfig) -> dict[str, Any]:
     from diffuspeech.pipeline import Pipeline
 
@@ -129,6 +153,7 @@ def evaluate(cfg: ArithEvalConfig) -> dict[str, Any]:
             s2s_text_accuracy=text / n,
             forward_passes_per_token=passes / max(1, tokens),
         )
+        metrics.update(speaker_breakdown(rows, per_row))
         if agreements:
             metrics["speed_vote_agreement"] = sum(agreements) / len(agreements)
         if first is not None and first[0].trajectory is not None:
@@ -198,6 +223,10 @@ LABELS = {
     "ground_truth_ceiling": "ground-truth ceiling (judge on espeak audio)",
     "forward_passes_per_token": "forward passes per generated token (S2S)",
     "speed_vote_agreement": "speed-vote agreement (share of copies agreeing, S2S)",
+    "unseen_speaker_spoken_accuracy": "spoken-answer accuracy, voices never heard in training (held-out variants)",
+    "unseen_speaker_thinking_exact": "thinking exact match, voices never heard in training",
+    "worst_variant": "worst voice variant (S2S, >= 5 rows)",
+    "worst_variant_spoken_accuracy": "its spoken-answer accuracy",
 }
 
 
