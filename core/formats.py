@@ -111,6 +111,30 @@ def check_task_tokens(cfg: Any, base_dir: Any = None) -> None:
 CROSS_CHECKS.append(check_task_tokens)
 
 
+def check_task_lengths(cfg: Any, base_dir: Any = None) -> None:
+    """Length feasibility: a task's target budgets (with their start/end tokens) must fit the backbone's
+    longest canvas, and ``data.max_length`` may not exceed it."""
+    backbone = cfg.get("backbone") if hasattr(cfg, "get") else None
+    if not hasattr(backbone, "get") or backbone.get("path"):
+        return  # a checkpoint decides its own length
+    longest = backbone.get("max_sequence_length") or backbone.get("max_position_embeddings")
+    if not isinstance(longest, int):
+        return
+    data = cfg.get("data") or {}
+    max_length = data.get("max_length") if hasattr(data, "get") else None
+    if isinstance(max_length, int) and max_length > longest:
+        raise ConfigError(f"data.max_length: {max_length} is longer than the backbone's {longest} positions; "
+                          f"set data.max_length <= {longest} or raise backbone.max_sequence_length")
+    for name, task in parse_tasks(cfg.get("tasks")).items():
+        need = 1 + sum(2 + (s.max_len or 0) + (1 if s.role == TARGET else 0) for s in task.segments)  # task token, start/end, budgets
+        if need > longest:
+            raise ConfigError(f"tasks.{name}: its segments need at least {need} positions (target budgets + start/end tokens) but "
+                              f"the backbone takes {longest}; lower the max_len of its targets or raise backbone.max_sequence_length")
+
+
+CROSS_CHECKS.append(check_task_lengths)
+
+
 @dataclass
 class Sequence:
     """One laid-out example. All tensors are ``[length]``."""

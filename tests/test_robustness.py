@@ -67,6 +67,8 @@ BAD_VALUES = [
     ("attention={name: block_causal, block_size: 0}", "attention.block_size must be >= 1"),
     ("scheduler.speech_delay=1.5", "scheduler.speech_delay must be in [0, 1)"),
     ("objective={name: diffusion, eps: 2}", "objective.eps"),
+    ("backbone.max_sequence_length=8", "data.max_length: 256 is longer than the backbone's 8 positions"),
+    ("data.max_length=512", "data.max_length: 512 is longer than the backbone's 256 positions"),
 ]
 
 
@@ -245,6 +247,11 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_last_good_one(c
 def test_debug_flag_shows_the_traceback(capsys):
     with pytest.raises(Exception, match="unknown dtype"):
         main(["--debug", "config", "validate", TINY, "data.manifest=x", "backbone.dtype=float13"])
+
+
+def test_tasks_that_cannot_fit_the_backbone_are_named(capsys):
+    code, err = run_cli(capsys, "config", "validate", str(CONFIGS / "example.yaml"), "backbone.max_sequence_length=8")
+    assert code == 2 and "its segments need at least 9 positions (target budgets + start/end tokens) but the backbone takes 8" in err
 
 
 def test_an_index_override_on_a_missing_list_is_one_line(capsys):
