@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-__all__ = ["Component", "NoSettings", "component_field", "component_fields"]
+__all__ = ["Component", "NoSettings", "component_default", "component_field", "component_fields"]
 
 
 @dataclass
@@ -36,6 +36,12 @@ def component_fields(config_cls: Any) -> dict[str, str]:
     if not dataclasses.is_dataclass(config_cls):
         return {}
     return {f.name: f.metadata["component"] for f in dataclasses.fields(config_cls) if "component" in f.metadata}
+
+
+def component_default(config_cls: Any, name: str) -> Any:
+    """The default node of the :func:`component_field` setting ``name`` of a ``Config`` dataclass."""
+    field_ = next(f for f in dataclasses.fields(config_cls) if f.name == name)
+    return field_.default_factory() if field_.default_factory is not dataclasses.MISSING else field_.default
 
 
 class Component:

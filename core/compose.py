@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .component import component_fields
+from .component import component_default, component_fields
 from .errors import ConfigError
 from .registry import RegistryError, get_registry, unknown_name_message
 
@@ -132,7 +132,7 @@ def component_kind_at(cfg: Any, parts: Sequence[str]) -> str | None:
         kind = nested[part]
         node = node.get(part) if hasattr(node, "get") else None
         if node is None:
-            node = {f.name: f.default_factory() for f in dataclasses.fields(cls.Config) if f.name == part}.get(part)
+            node = component_default(cls.Config, part)
     return kind
 
 

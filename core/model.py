@@ -14,7 +14,6 @@ file's folder), so configs and models can be moved as a whole.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
 import os
@@ -29,7 +28,7 @@ from torch import nn
 
 from . import __version__
 from .atomic import atomic_folder
-from .component import component_fields
+from .component import component_default, component_fields
 from .compose import COMPONENT_SECTIONS, ConfigError, apply_overrides, build_component, load_config, validate_config
 from .errors import ModelError
 from .formats import TaskSpec, parse_tasks
@@ -141,7 +140,7 @@ class SpeechDiffusionModel:
             for key, nested_kind in component_fields(reg.cls.Config).items():  # e.g. scheduler.speech
                 child = node.get(key) if not isinstance(node, str) else None
                 if child is None:
-                    child = next(f.default_factory() for f in dataclasses.fields(reg.cls.Config) if f.name == key)
+                    child = component_default(reg.cls.Config, key)
                 if child is not None:
                     record(f"{path}.{key}", nested_kind, child)
 

@@ -15,6 +15,7 @@ carries the complete :class:`~diffuspeech.pipeline.PipelineOutput`.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -47,7 +48,7 @@ def stream(pipe: Any, task_name: str, inputs: dict[str, Any], min_chunk: int = 1
     model = pipe.model
     vocab = model.vocab
     example, _ = pipe.prepare_inputs(task, inputs, "input")
-    opts = pipe.defaults if not overrides else __import__("dataclasses").replace(pipe.defaults, **overrides)
+    opts = dataclasses.replace(pipe.defaults, **overrides) if overrides else pipe.defaults
     spec, batch = pipe.canvas(task_name, [example], pipe.target_lengths(task_name, task, opts))
     targets = [(i, s) for i, s in enumerate(s for s in task.segments if s.role == TARGET)]
     segment = batch["segment"][0]  # [L]

@@ -21,9 +21,8 @@ import torch
 from ..compose import build_component
 from ..sampling.generation import CanvasSpec, generate
 from ..sampling.options import DecodeOptions
-from . import device_name
+from . import device_name, peak_bandwidth
 from .reference import reference_generate
-from .sampler import _peak_bandwidth
 
 MODES = ("none", "prefix", "dual")
 
@@ -85,7 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "reference_ms_per_step": round(1e3 * ref_s / steps, 3),
         "full_forward_ms": round(1e3 * full_s, 3),
     }
-    peak = _peak_bandwidth(device) if device.type == "cuda" else None
+    peak = peak_bandwidth(device) if device.type == "cuda" else None
     if peak:
         out["weight_read_floor_ms"] = round(1e3 * weight_bytes / peak, 3)
     for mode in MODES:

@@ -16,8 +16,6 @@ peak memory.
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +26,7 @@ from torch import nn
 from ..backbone import Backbone
 from ..sampling.generation import CanvasSpec, _sample_candidates, generate
 from ..sampling.options import DecodeOptions
-from . import device_name
+from . import device_name, median_seconds, peak_bandwidth
 from .reference import reference_generate, reference_select
 
 VOCAB = 126_973
@@ -77,16 +75,8 @@ class _TinyBackbone(Backbone):
         raise NotImplementedError("benchmark backbone")
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int, sync: Callable[[], None] = lambda: None) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def _median_ms(fn: Callable[[], Any], repeats: int, sync: Callable[[], None] | None = None) -> float:
+    return 1e3 * median_seconds(fn, repeats, sync)
 
 
 @torch.no_grad()
@@ -143,14 +133,6 @@ def _cpu_step(args) -> dict[str, Any]:
     }
 
 
-def _peak_bandwidth(device: torch.device) -> float | None:
-    """Bytes/s from the memory clock (kHz, double data rate) and bus width (bits)."""
-    props = torch.cuda.get_device_properties(device)
-    clock_khz = getattr(props, "memory_clock_rate", 0)
-    bus_bits = getattr(props, "memory_bus_width", 0)
-    return 2.0 * clock_khz * 1e3 * bus_bits / 8 if clock_khz and bus_bits else None
-
-
 @torch.no_grad()
 def _gpu_kernel(args) -> dict[str, Any]:
     from ..sampling.kernels.sampling import sample_rows
@@ -188,7 +170,7 @@ def _gpu_kernel(args) -> dict[str, Any]:
     ids_k, _ = sample_rows(logits, lo, hi, backend="triton")
     ids_t, _ = sample_rows(logits, lo, hi, backend="torch")
     moved = logits.numel() * logits.element_size() + rows * (8 + 8 + 8 + 4)  # logits, lo, hi in; id, prob out
-    peak = _peak_bandwidth(device)
+    peak = peak_bandwidth(device)
     out = {
         "gpu": device_name(device),
         "gpu_rows": rows,

@@ -51,10 +51,6 @@ class DecodeOptions:
     max_logits_bytes: int = 256 << 20  # bound on the float32 logits held at once (row chunks of the head)
 
 
-validate_generation_section = checked_section(DecodeOptions, lambda options: check_options(options), "generation")
-SECTION_SCHEMAS["generation"] = validate_generation_section
-
-
 def check_options(options: DecodeOptions) -> None:
     """Raise :class:`GenerationError` naming the first invalid setting and its valid values."""
     if options.mode not in GENERATION_MODES:
@@ -80,3 +76,9 @@ def check_options(options: DecodeOptions) -> None:
         raise GenerationError(f"generation.default_length must be a positive integer or null, got {options.default_length!r}")
     if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in options.lengths.values()):
         raise GenerationError(f"generation.lengths: lengths must be integers >= 0, got {dict(options.lengths)}")
+
+
+validate_generation_section = checked_section(DecodeOptions, check_options, "generation")
+SECTION_SCHEMAS["generation"] = validate_generation_section
+
+

@@ -50,12 +50,6 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar (rank 0)
 
 
-
-
-validate_train_section = checked_section(TrainConfig, lambda tc: check_train_config(tc), "train")
-SECTION_SCHEMAS["train"] = validate_train_section
-
-
 def check_train_against_tasks(cfg: Any, base_dir: Any = None) -> None:
     """Stage mixtures name known tasks; the batch splits evenly over gradient-accumulation steps."""
     from ..formats import parse_tasks
@@ -124,3 +118,9 @@ def check_train_config(tc: TrainConfig) -> None:
             raise ConfigError(f"train.device: {tc.device!r} but no CUDA GPU is available here; use train.device=auto or cpu")
     elif tc.device not in ("auto", "cpu"):
         raise ConfigError(f"train.device: {tc.device!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+validate_train_section = checked_section(TrainConfig, check_train_config, "train")
+SECTION_SCHEMAS["train"] = validate_train_section
+
+

@@ -67,10 +67,6 @@ class DataConfig:
     dev_max_examples: Optional[int] = None  # first N dev examples per task (None = all)
 
 
-validate_data_section = checked_section(DataConfig, lambda dc: check_data_config(dc), "data")
-SECTION_SCHEMAS["data"] = validate_data_section
-
-
 class DataError(UserError):
     """A manifest problem; the message names the file, line, row id and the fix."""
 
@@ -111,6 +107,10 @@ def check_data_config(cfg: DataConfig) -> None:
             raise ConfigError(f"data.{key}: expected a positive integer, got {getattr(cfg, key)}")
     if cfg.max_length is not None and cfg.max_length <= 0:
         raise ConfigError(f"data.max_length: expected a positive length (or null: the backbone's), got {cfg.max_length}")
+
+
+validate_data_section = checked_section(DataConfig, check_data_config, "data")
+SECTION_SCHEMAS["data"] = validate_data_section
 
 
 # ---------------------------------------------------------------------------- manifest

@@ -14,16 +14,13 @@ RTF < 1 is faster than real time. The median of ``--repeats`` timed runs is repo
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from diffuspeech.bench import device_name
+from diffuspeech.bench import device_name, median_seconds
 from diffuspeech.compose import build_component
 from diffuspeech.mel import MelConfig, log_mel
 
@@ -34,18 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per vocoder (median reported)")
     parser.add_argument("--n-iter", type=int, default=64, help="Griffin-Lim iterations (default 64, the vocoder's default)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-
-
-def _median_seconds(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    fn()  # warm-up
-    sync()
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _centroids_file(folder: Path, num_units: int) -> Path:
@@ -71,18 +56,18 @@ def run(args: argparse.Namespace) -> dict:
     hifigan = build_component("vocoders", {"name": "unit_hifigan", "preset": "base25hz", "num_units": args.num_units,
                                            "device": args.device})
     result["unit_hifigan_params"] = hifigan.num_parameters()
-    t = _median_seconds(lambda: hifigan.decode(units), args.repeats, sync)
+    t = median_seconds(lambda: hifigan.decode(units), args.repeats, sync)
     result["unit_hifigan_rtf"] = round(t / audio_s, 4)
     unfolded = build_component("vocoders", {"name": "unit_hifigan", "preset": "base25hz", "num_units": args.num_units,
                                             "remove_weight_norm": False, "device": args.device})
-    t_wn = _median_seconds(lambda: unfolded.decode(units), args.repeats, sync)
+    t_wn = median_seconds(lambda: unfolded.decode(units), args.repeats, sync)
     result["unit_hifigan_weight_norm_rtf"] = round(t_wn / audio_s, 4)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = _centroids_file(Path(tmp), args.num_units)
         gl = build_component("vocoders", {"name": "griffinlim", "path": str(path), "n_iter": args.n_iter,
                                           "device": args.device})
-        t_gl = _median_seconds(lambda: gl.decode(units), args.repeats, sync)
+        t_gl = median_seconds(lambda: gl.decode(units), args.repeats, sync)
     result["griffinlim_n_iter"] = args.n_iter
     result["griffinlim_rtf"] = round(t_gl / audio_s, 4)
     result["unit_hifigan_vs_griffinlim"] = round(t / t_gl, 3)

@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from diffuspeech.bench import device_name
+from diffuspeech.bench import device_name, median_seconds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,21 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-repeats", type=int, default=10, help="timed CUDA forwards (median is reported)")
     parser.add_argument("--no-gpu", action="store_true", help="skip the CUDA 8B measurement")
     parser.add_argument("--no-reference", action="store_true", help="skip the transformers Llama reference on CPU")
-
-
-def _median_seconds(
-    fn: Callable[[], Any], repeats: int, sync: Callable[[], None] = lambda: None, warmup: bool = True
-) -> float:
-    if warmup:
-        fn()
-        sync()
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _llama_reference(arch: Any) -> torch.nn.Module:
@@ -68,13 +52,13 @@ def _cpu(args: argparse.Namespace, out: dict[str, Any]) -> None:
         out[f"cpu_{preset}_params_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
         with torch.inference_mode():
             if args.no_reference:
-                seconds = _median_seconds(lambda: model(ids), args.repeats)  # noqa: B023, F821 - called at once
+                seconds = median_seconds(lambda: model(ids), args.repeats)  # noqa: B023, F821 - called at once
             else:
                 ref = _llama_reference(model.arch)
                 # alternate ours and the reference so load changes on a shared machine hit both
                 model(ids), ref(ids)  # warm-up
-                pairs = [(_median_seconds(lambda: model(ids), 1, warmup=False),  # noqa: B023, F821 - called at once
-                          _median_seconds(lambda: ref(ids), 1, warmup=False))  # noqa: B023
+                pairs = [(median_seconds(lambda: model(ids), 1, warmup=False),  # noqa: B023, F821 - called at once
+                          median_seconds(lambda: ref(ids), 1, warmup=False))  # noqa: B023
                          for _ in range(max(1, args.repeats))]
                 seconds = statistics.median(p[0] for p in pairs)
                 ref_seconds = statistics.median(p[1] for p in pairs)
@@ -104,8 +88,8 @@ def measure_latency(device: torch.device, preset: str = "8b", length: int = 1024
     some = torch.zeros(1, length, dtype=torch.bool, device=device)
     some[0, -32:] = True  # 32 positions, as in a block-cached sampler step
     with torch.inference_mode():
-        full = _median_seconds(lambda: model(ids), repeats, sync)
-        sparse = _median_seconds(lambda: model(ids, logits_at=some), repeats, sync)
+        full = median_seconds(lambda: model(ids), repeats, sync)
+        sparse = median_seconds(lambda: model(ids, logits_at=some), repeats, sync)
     arch = model.arch
     # matmul FLOPs: 2 per weight per token, plus QK^T and AV (4 * L^2 * d per layer)
     flops = 2 * params * length + 4 * arch.n_layers * length * length * arch.d_model
