@@ -5,10 +5,12 @@ implementations share, the registry and composition. ``Pipeline`` and ``SpeechDi
 load on first use, so ``import diffuspeech`` stays light.
 """
 
+from .adapter import Adapter
 from .attention import AttentionPolicy, apply_padding, check_inputs, position_grid
 from .backbone import Backbone, KVCache, check_attention_mask, parse_dtype, resized_rows, supports_kv_cache
 from .component import Component
 from .compose import build_component, load_config, validate_config
+from .encoder import EncoderOutput, SpeechEncoder
 from .errors import ConfigError
 from .hookspecs import hookimpl
 from .noiser import Noiser
@@ -23,9 +25,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     # contracts
-    "AttentionPolicy", "Backbone", "Component", "MaskScheduler", "Noiser", "Objective", "Sampler", "SpeechTokenizer", "Vocoder",
+    "Adapter", "AttentionPolicy", "Backbone", "Component", "MaskScheduler", "Noiser", "Objective", "Sampler", "SpeechEncoder",
+    "SpeechTokenizer", "Vocoder",
     # what implementations share
-    "KVCache", "LossOutput", "ObjectiveContext", "VocoderCompatibilityError", "VocoderInputError", "apply_padding",
+    "EncoderOutput", "KVCache", "LossOutput", "ObjectiveContext", "VocoderCompatibilityError", "VocoderInputError", "apply_padding",
     "check_attention_mask", "check_compatible", "check_inputs", "parse_dtype", "position_grid", "resized_rows",
     "supports_kv_cache", "topk_mask", "validate_units",
     # registry and composition

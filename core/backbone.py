@@ -14,7 +14,10 @@ from torch import nn
 
 from .component import Component
 
-__all__ = ["DTYPES", "INITS", "Backbone", "KVCache", "check_attention_mask", "parse_dtype", "resized_rows", "supports_kv_cache"]
+__all__ = [
+    "DTYPES", "INITS", "Backbone", "KVCache", "check_attention_mask", "check_inputs_embeds", "parse_dtype", "resized_rows",
+    "supports_inputs_embeds", "supports_kv_cache",
+]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -74,6 +77,22 @@ class KVCache:
     @property
     def length(self) -> int:
         return self.keys[0].shape[2]
+
+
+def supports_inputs_embeds(backbone: object) -> bool:
+    """Whether ``backbone`` has the embeddings path: ``supports_inputs_embeds = True``,
+    ``embed_tokens(input_ids [B, L]) -> [B, L, D]``, and an ``inputs_embeds [B, L, D]`` keyword on
+    ``hidden_states`` (and on ``hidden_states_and_cache`` / ``hidden_states_cached`` when it has the KV
+    cache) that replaces the embedding lookup. Continuous speech segments (``modality: speech_features``,
+    DIFFA) need it."""
+    return bool(getattr(backbone, "supports_inputs_embeds", False)) and callable(getattr(backbone, "embed_tokens", None))
+
+
+def check_inputs_embeds(inputs_embeds: torch.Tensor, input_ids: torch.Tensor, hidden_size: int) -> None:
+    """``inputs_embeds`` must be ``[*input_ids.shape, hidden_size]`` floats."""
+    want = (*input_ids.shape, hidden_size)
+    if tuple(inputs_embeds.shape) != want or not inputs_embeds.is_floating_point():
+        raise ValueError(f"inputs_embeds must be a float tensor of shape {want} (input_ids + hidden size), got {tuple(inputs_embeds.shape)} {inputs_embeds.dtype}")
 
 
 def supports_kv_cache(backbone: object) -> bool:

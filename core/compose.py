@@ -32,7 +32,33 @@ COMPONENT_SECTIONS: dict[str, str] = {
     "attention": "attention",
     "noiser": "noisers",
     "objective": "objectives",
+    "encoder": "encoders",
 }
+# top-level config key -> component kind, for sections that map names of the user's choosing to
+# component nodes (``adapters: {semantic: {name: semantic}, acoustic: {name: qformer}}``); a null
+# entry is dropped (``adapters.acoustic=null``).
+COMPONENT_GROUPS: dict[str, str] = {"adapters": "adapters"}
+
+
+def component_nodes(cfg: Any) -> list[tuple[str, str, Any]]:
+    """``(key path, kind, node)`` of every top-level component node of ``cfg``, group entries included
+    (``("adapters.semantic", "adapters", {...})``), in config order; null nodes are left out."""
+    out = []
+    for section, kind in COMPONENT_SECTIONS.items():
+        node = cfg.get(section) if hasattr(cfg, "get") else None
+        if node is not None:
+            out.append((section, kind, node))
+    for section, kind in COMPONENT_GROUPS.items():
+        group = cfg.get(section) if hasattr(cfg, "get") else None
+        if group is None:
+            continue
+        if not isinstance(group, (dict, DictConfig)):
+            raise ConfigError(f"{section}: expected a mapping of your names to {kind} nodes, e.g. {section}: {{semantic: {{name: ...}}}}; "
+                              f"got {group!r}")
+        for name, node in group.items():
+            if node is not None:
+                out.append((f"{section}.{name}", kind, node))
+    return out
 
 # Plain (non-plugin) top-level sections and what validates each one: a dataclass, a
 # function ``(node, path) -> Any`` raising ConfigError, or None (accepted as is).
@@ -117,10 +143,18 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
 
 def component_kind_at(cfg: Any, parts: Sequence[str]) -> str | None:
     """The component kind of the node at key path ``parts`` (``["scheduler", "speech"]`` -> schedulers), or None."""
-    if not parts or parts[0] not in COMPONENT_SECTIONS:
+    if parts and parts[0] in COMPONENT_GROUPS:
+        if len(parts) < 2:
+            return None
+        group = cfg.get(parts[0]) if hasattr(cfg, "get") else None
+        kind, node = COMPONENT_GROUPS[parts[0]], group.get(parts[1]) if hasattr(group, "get") else None
+        rest = parts[2:]
+    elif parts and parts[0] in COMPONENT_SECTIONS:
+        kind, node = COMPONENT_SECTIONS[parts[0]], cfg.get(parts[0]) if hasattr(cfg, "get") else None
+        rest = parts[1:]
+    else:
         return None
-    kind, node = COMPONENT_SECTIONS[parts[0]], cfg.get(parts[0]) if hasattr(cfg, "get") else None
-    for part in parts[1:]:
+    for part in rest:
         name = node if isinstance(node, str) else (node.get("name") if hasattr(node, "get") else None)
         try:
             cls = get_registry().get(kind, str(name))
@@ -341,11 +375,14 @@ def validate_config(cfg: DictConfig | dict, allow_missing: bool = False, base_di
             f"{missing[0]}: a required value is not set (??? in the config); set it in the file or with an override "
             f"like {missing[0]}=..." + (f" (also unset: {', '.join(missing[1:])})" if len(missing) > 1 else "")
         )
-    valid = sorted(set(COMPONENT_SECTIONS) | set(SECTION_SCHEMAS))
+    valid = sorted(set(COMPONENT_SECTIONS) | set(COMPONENT_GROUPS) | set(SECTION_SCHEMAS))
     for key in data:
         key = str(key)
         if key in COMPONENT_SECTIONS:
             resolve_component(COMPONENT_SECTIONS[key], data[key], key)
+        elif key in COMPONENT_GROUPS:
+            for path, kind, node in component_nodes({key: data[key]}):
+                resolve_component(kind, node, path)
         elif key in SECTION_SCHEMAS:
             schema = SECTION_SCHEMAS[key]
             if isinstance(schema, type):

@@ -13,13 +13,14 @@ never code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Optional, Union
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .compose import CROSS_CHECKS, SECTION_SCHEMAS, ConfigError, validate_settings
-from .modality import MODALITY_CODE, SPECIAL, SPEECH, TEXT
+from .modality import MODALITY_CODE, SPECIAL, SPEECH, SPEECH_FEATURES, TEXT
 from .vocab import Vocab
 
 CONDITION, TARGET = "condition", "target"
@@ -28,7 +29,7 @@ CONDITION, TARGET = "condition", "target"
 @dataclass
 class SegmentSpec:
     field: str  # example key holding the content: a string (text) or a unit sequence (speech)
-    modality: str = TEXT  # "text" | "speech"
+    modality: str = TEXT  # "text" | "speech" (units) | "speech_features" (audio through encoder + adapters; conditions only)
     role: str = TARGET  # "condition" (never masked) | "target" (masked, predicted)
     max_len: Optional[int] = None  # content budget in tokens; targets are filled with the end token up to it
 
@@ -78,10 +79,13 @@ def parse_tasks(node: Any, path: str = "tasks") -> dict[str, TaskSpec]:
         parsed = []
         for i, seg in enumerate(segs):
             s = validate_settings(SegmentSpec, dict(seg), f"{path}.{name}.segments[{i}]", "a segment")
-            if s.modality not in (TEXT, SPEECH):
-                raise ConfigError(f"{path}.{name}.segments[{i}].modality: {s.modality!r}; valid: text, speech")
+            if s.modality not in (TEXT, SPEECH, SPEECH_FEATURES):
+                raise ConfigError(f"{path}.{name}.segments[{i}].modality: {s.modality!r}; valid: text, speech, speech_features")
             if s.role not in (CONDITION, TARGET):
                 raise ConfigError(f"{path}.{name}.segments[{i}].role: {s.role!r}; valid: condition, target")
+            if s.modality == SPEECH_FEATURES and s.role != CONDITION:
+                raise ConfigError(f"{path}.{name}.segments[{i}]: modality speech_features is continuous input, so its role must be "
+                                  "condition; predict speech as units with modality: speech")
             if s.max_len is not None and s.max_len < 0:
                 raise ConfigError(f"{path}.{name}.segments.{i}.max_len: expected a length >= 0 (or null), got {s.max_len}")
             parsed.append(s)
@@ -144,6 +148,8 @@ class Sequence:
     target: torch.Tensor  # bool: position belongs to a target segment (masked in training / generated)
     segment: torch.Tensor  # long: index of the target segment (0, 1, ...) or -1
     condition: torch.Tensor  # bool: condition content (masked out by classifier-free guidance's unconditional pass)
+    features: Optional[torch.Tensor] = None  # bool: speech_features slots (None: none); their embeddings come from the adapters
+    feature_audio: tuple = ()  # the waveforms [samples] of the speech_features segments, in reading order
 
 
 def _content_ids(vocab: Vocab, seg: SegmentSpec, value: Any, task: str) -> list[int]:
@@ -158,7 +164,7 @@ def _content_ids(vocab: Vocab, seg: SegmentSpec, value: Any, task: str) -> list[
 
 
 def _segment_tokens(vocab: Vocab, modality: str) -> tuple[int, int]:
-    if modality == TEXT:
+    if modality in (TEXT, SPEECH_FEATURES):  # speech_features stand where a text LM reads its prompt
         return vocab.text_start_id, vocab.text_end_id
     return vocab.speech_start_id, vocab.speech_end_id
 
@@ -171,23 +177,46 @@ def layout(
     *,
     canvas: bool = False,
     target_lengths: dict[str, int] | None = None,
+    feature_slots: Callable[[int], int] | None = None,
 ) -> Sequence:
     """Lay out ``example`` for ``task``.
 
     canvas=False: training sequence; target contents come from ``example``.
     canvas=True: generation canvas; each target segment gets ``target_lengths[field]``
     (default: its ``max_len``) mask ids plus one for the end token.
+    A ``speech_features`` field holds a waveform ``[samples]``; it takes ``feature_slots(samples)``
+    positions (:meth:`diffuspeech.speech_features.SpeechFeatures.slots`).
     """
     ids: list[int] = [vocab.special(task.token)]
     mod: list[int] = [MODALITY_CODE[SPECIAL]]
     tgt: list[bool] = [False]
     seg_idx: list[int] = [-1]
     cond: list[bool] = [False]
+    feats: list[bool] = [False]
+    audio: list[torch.Tensor] = []
     n_target = 0
     for seg in task.segments:
         start, end = _segment_tokens(vocab, seg.modality)
-        code = MODALITY_CODE[seg.modality]
+        code = MODALITY_CODE[SPEECH if seg.modality == SPEECH_FEATURES else seg.modality]
         ids.append(start), mod.append(MODALITY_CODE[SPECIAL]), tgt.append(False), seg_idx.append(-1), cond.append(False)
+        feats += [False] * (len(ids) - len(feats))
+        if seg.modality == SPEECH_FEATURES:
+            wav = example.get(seg.field)
+            if wav is None:
+                raise ValueError(f"task {task_name!r}: example has no field {seg.field!r}")
+            if feature_slots is None:
+                raise ValueError(f"task {task_name!r}: segment {seg.field!r} is speech_features; lay it out with the model's "
+                                 "feature_slots (an encoder and adapters)")
+            wav = torch.as_tensor(wav).reshape(-1)
+            n = int(feature_slots(wav.numel()))
+            audio.append(wav)
+            ids += [vocab.pad_id] * n + [end]
+            mod += [code] * n + [MODALITY_CODE[SPECIAL]]
+            tgt += [False] * (n + 1)
+            seg_idx += [-1] * (n + 1)
+            cond += [True] * (n + 1)
+            feats += [True] * n + [False]
+            continue
         if seg.role == CONDITION:
             body = _content_ids(vocab, seg, example.get(seg.field), task_name) + [end]
             ids += body
@@ -218,12 +247,15 @@ def layout(
         seg_idx += [n_target] * len(body)
         cond += [False] * len(body)
         n_target += 1
+    feats += [False] * (len(ids) - len(feats))
     return Sequence(
         ids=torch.tensor(ids, dtype=torch.long),
         modality=torch.tensor(mod, dtype=torch.long),
         target=torch.tensor(tgt, dtype=torch.bool),
         segment=torch.tensor(seg_idx, dtype=torch.long),
         condition=torch.tensor(cond, dtype=torch.bool),
+        features=torch.tensor(feats, dtype=torch.bool) if audio else None,
+        feature_audio=tuple(audio),
     )
 
 
@@ -267,4 +299,14 @@ def collate(seqs: list[Sequence], pad_id: int) -> dict[str, torch.Tensor]:
         out["segment"][i, :n] = s.segment
         out["condition"][i, :n] = s.condition
         out["valid"][i, :n] = True
+    clips = [wav for s in seqs for wav in s.feature_audio]
+    if clips:  # speech_features: the slots, and the clips padded into one batch (reading order, row by row)
+        out["features"] = torch.zeros((b, length), dtype=torch.bool)
+        for i, s in enumerate(seqs):
+            if s.features is not None:
+                out["features"][i, : len(s.ids)] = s.features
+        out["feature_lengths"] = torch.tensor([len(w) for w in clips], dtype=torch.long)
+        out["feature_audio"] = torch.zeros((len(clips), int(out["feature_lengths"].max())), dtype=torch.float32)
+        for j, w in enumerate(clips):
+            out["feature_audio"][j, : len(w)] = w.float()
     return out

@@ -64,6 +64,16 @@ def register_objectives(register):
 
 
 @hookspec
+def register_encoders(register):
+    """Register continuous speech encoders (subclasses of ``diffuspeech.SpeechEncoder``)."""
+
+
+@hookspec
+def register_adapters(register):
+    """Register adapters from encoder features to backbone embeddings (subclasses of ``diffuspeech.Adapter``)."""
+
+
+@hookspec
 def register_commands(register):
     """Register CLI sub-commands: ``register("name", configure, help="...", description="...")``.
 

@@ -29,7 +29,7 @@ from torch import nn
 from . import __version__
 from .atomic import atomic_folder
 from .component import component_default, component_fields
-from .compose import COMPONENT_SECTIONS, ConfigError, apply_overrides, build_component, load_config, validate_config
+from .compose import COMPONENT_GROUPS, COMPONENT_SECTIONS, ConfigError, apply_overrides, build_component, component_nodes, load_config, validate_config
 from .errors import ModelError
 from .formats import TaskSpec, parse_tasks
 from .registry import RegistryError, get_registry
@@ -76,6 +76,15 @@ class SpeechDiffusionModel:
         for section, kind in COMPONENT_SECTIONS.items():
             if section in self.config and self.config[section] is not None:
                 self.components[section] = build_component(kind, self.config[section], section)
+        for path, kind, node in component_nodes(self.config):
+            section, _, name = path.partition(".")
+            if section in COMPONENT_GROUPS:
+                if section == "adapters":
+                    from .speech_features import fill_adapter_sizes
+
+                    node = fill_adapter_sizes(self, path, node)
+                    self.config[section][name] = node
+                self.components.setdefault(section, nn.ModuleDict())[name] = build_component(kind, node, path)
         check_compatible_components(self)
 
     @classmethod
@@ -83,7 +92,7 @@ class SpeechDiffusionModel:
         return cls(load_config(path, overrides), base_dir=Path(path).parent)
 
     def __getattr__(self, name: str) -> Any:
-        if name in COMPONENT_SECTIONS:
+        if name in COMPONENT_SECTIONS or name in COMPONENT_GROUPS:
             return self.__dict__.get("components", {}).get(name)
         raise AttributeError(name)
 
@@ -98,8 +107,16 @@ class SpeechDiffusionModel:
                 out[f"{section}.{key}"] = value
         return out
 
-    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True, missing_sections_ok: bool = False) -> list[str]:
+        """Load ``<section>.<param>`` weights. ``missing_sections_ok``: a section with no key in ``state``
+        at all keeps its fresh weights (``train.init_from`` a text LM before adding adapters). Returns
+        the sections left fresh."""
         modules = self.modules()
+        fresh = []
+        if missing_sections_ok:
+            present = {k.partition(".")[0] for k in state}
+            fresh = [k for k in modules if k not in present]
+            modules = {k: v for k, v in modules.items() if k in present}
         grouped: dict[str, dict[str, torch.Tensor]] = {k: {} for k in modules}
         unexpected = []
         for key, value in state.items():
@@ -127,6 +144,7 @@ class SpeechDiffusionModel:
                 + ". The config (with its overrides) describes another network than the one saved: keep the saved "
                 "architecture (drop overrides of its shape), or train the new config"
             )
+        return fresh
 
     # ----------------------------------------------------------------- provenance
     def provenance(self) -> dict[str, Any]:
@@ -144,9 +162,8 @@ class SpeechDiffusionModel:
                 if child is not None:
                     record(f"{path}.{key}", nested_kind, child)
 
-        for section, kind in COMPONENT_SECTIONS.items():
-            if section in self.components:
-                record(section, kind, self.config[section])
+        for path, kind, node in component_nodes(self.config):
+            record(path, kind, node)
         return {
             "format": "diffuspeech-model/1",
             "diffuspeech_version": __version__,
@@ -269,6 +286,9 @@ def check_contained_paths(cfg: DictConfig, directory: Path) -> None:
 
 def check_compatible_components(model: SpeechDiffusionModel) -> None:
     """Tokenizer, vocabulary and vocoder must agree on units and frame rate; raise ConfigError naming both sides."""
+    from .speech_features import check_speech_features
+
+    check_speech_features(model)
     vocab, tok, voc = model.vocab, model.tokenizer, model.vocoder
     if tok is not None and int(tok.num_units) > vocab.num_units:
         raise ConfigError(

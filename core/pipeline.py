@@ -22,12 +22,13 @@ from .attention import check_causal_mask, check_next_token_positions, policy_mas
 from .audio import AudioError, checked_speed_rate, is_silent, load_audio, speed_perturb
 from .compose import ConfigError
 from .formats import TARGET, TaskSpec, collate, layout, split_targets
-from .modality import MODALITY_CODE, SPEECH, TEXT
+from .modality import MODALITY_CODE, SPEECH, SPEECH_FEATURES, TEXT
 from .model import SpeechDiffusionModel, resolve_model_dir
 from .objective import mode_mismatch_note
 from .registry import RegistryError, get_registry
 from .sampling.generation import CanvasSpec, GenerationResult, StepInfo, diffusion_steps, generate
 from .sampling.options import DecodeOptions, GenerationError, check_options, validate_generation_section
+from .speech_features import SpeechFeatures, SplicedBackbone
 
 SpeechInput = Union[str, Path, torch.Tensor]
 
@@ -54,7 +55,10 @@ class Pipeline:
             raise ConfigError("backbone: the model has no backbone section; a pipeline needs one")
         self.model = model
         self.device = torch.device(device)
-        model.backbone.to(self.device).eval()
+        for module in (model.backbone, model.encoder, model.adapters):
+            if module is not None:
+                module.to(self.device).eval()
+        self.features: Optional[SpeechFeatures] = SpeechFeatures.of(model)
         self.defaults: DecodeOptions = validate_generation_section(model.config.get("generation", {}) or {})
 
     @classmethod
@@ -101,6 +105,16 @@ class Pipeline:
         units = tok.encode_one(wav)
         return units, warnings
 
+    def feature_audio(self, value: SpeechInput, name: str = "input") -> tuple[torch.Tensor, list[str]]:
+        """A wav path / waveform -> ``([samples] at the encoder's rate, warnings)`` for a speech_features segment."""
+        if self.features is None:
+            raise ConfigError("encoder: the task has a speech_features segment but the model has no encoder and adapters")
+        if isinstance(value, torch.Tensor) and not value.is_floating_point():
+            raise ValueError(f"{name}: this model hears audio through its encoder (speech_features); pass a wav file or a waveform, not units")
+        wav = load_audio(value, self.features.sample_rate) if isinstance(value, (str, Path)) else value.float().reshape(-1)
+        self.features.check_audio(wav.numel(), name)
+        return wav, [f"{name}: the audio is silent; the answer will not be meaningful"] if is_silent(wav) else []
+
     def prepare_inputs(self, task: TaskSpec, inputs: dict[str, Any], name: str) -> tuple[dict[str, Any], list[str]]:
         example, warnings = {}, []
         for seg in task.segments:
@@ -109,7 +123,10 @@ class Pipeline:
             if seg.field not in inputs:
                 raise ValueError(f"{name}: task needs input field {seg.field!r} ({seg.modality})")
             value = inputs[seg.field]
-            if seg.modality == SPEECH:
+            if seg.modality == SPEECH_FEATURES:
+                value, w = self.feature_audio(value, name=f"{name}.{seg.field}")
+                warnings += w
+            elif seg.modality == SPEECH:
                 value, w = self.speech_units(value, name=f"{name}.{seg.field}")
                 warnings += w
                 if seg.max_len is not None and len(value) > seg.max_len:
@@ -124,7 +141,8 @@ class Pipeline:
     def canvas(self, task_name: str, examples: list[dict[str, Any]], lengths: dict[str, int]) -> tuple[CanvasSpec, dict]:
         vocab = self.model.vocab
         task = self.task(task_name)
-        seqs = [layout(task_name, task, ex, vocab, canvas=True, target_lengths=lengths) for ex in examples]
+        slots = self.features.slots if self.features is not None else None
+        seqs = [layout(task_name, task, ex, vocab, canvas=True, target_lengths=lengths, feature_slots=slots) for ex in examples]
         batch = collate(seqs, vocab.pad_id)
         b, length = batch["ids"].shape
         lo = torch.zeros(b, length, dtype=torch.long)
@@ -262,6 +280,7 @@ class Pipeline:
         lengths = self.target_lengths(task_name, task, opts)
         spec, batch = self.canvas(task_name, [p[0] for p in prepared], lengths)
         model = self.model
+        backbone = self.backbone_for(batch)
         sampler = model.sampler if model.sampler is not None else "low_confidence"
         try:
             check_options(opts)
@@ -277,11 +296,11 @@ class Pipeline:
         scheduler = model.scheduler if opts.use_scheduler else None
         notes: list[str] = []
         if opts.mode == "autoregressive":
-            result, notes = self.decode_autoregressive(spec, opts, record_trajectory, progress, on_step)
+            result, notes = self.decode_autoregressive(spec, opts, record_trajectory, progress, on_step, backbone)
         elif opts.mode in ("hybrid", "interleaved"):
-            result, notes = self.decode_hybrid(spec, opts, diffusion_options, sampler, record_trajectory, progress, on_step)
+            result, notes = self.decode_hybrid(spec, opts, diffusion_options, sampler, record_trajectory, progress, on_step, backbone)
         else:
-            result = generate(model.backbone, spec, diffusion_options, sampler=sampler, scheduler=scheduler, on_step=on_step)
+            result = generate(backbone, spec, diffusion_options, sampler=sampler, scheduler=scheduler, on_step=on_step)
             notes = self.objective_note("diffusion")
         outputs = []
         for i, (_, warnings) in enumerate(prepared):
@@ -319,6 +338,15 @@ class Pipeline:
             outputs = [self.majority(task, outputs[i : i + copies]) for i in range(0, len(outputs), copies)]
         return outputs
 
+    @torch.no_grad()
+    def backbone_for(self, batch: dict[str, torch.Tensor]) -> Any:
+        """The backbone to decode ``batch`` with: the model's, or a :class:`SplicedBackbone` view that
+        gives its speech_features slots the encoder + adapter embeddings of their audio."""
+        if "feature_audio" not in batch:
+            return self.model.backbone
+        embeds = self.features.embed(batch["feature_audio"].to(self.device), batch["feature_lengths"].to(self.device))  # [N, D]
+        return SplicedBackbone(self.model.backbone, batch["features"].to(self.device), embeds, self.model.vocab.mask_id)
+
     @staticmethod
     def target_lengths(task_name: str, task: TaskSpec, opts: DecodeOptions) -> dict[str, int]:
         """Each target's length budget: ``generation.lengths``, else the segment's ``max_len``, else ``default_length``."""
@@ -347,6 +375,7 @@ class Pipeline:
         record_trajectory: bool,
         progress: bool,
         on_step: Callable[[StepInfo], None] | None,
+        backbone: Any = None,  # default: the model's (see backbone_for)
     ) -> tuple[GenerationResult, list[str]]:
         """``generation.mode: autoregressive``: :func:`~diffuspeech.sampling.autoregressive.ar_decode` on the canvas.
 
@@ -361,7 +390,7 @@ class Pipeline:
         options = ARDecodeOptions(
             temperature=opts.temperature, seed=opts.seed, backend=opts.backend, record_trajectory=record_trajectory, progress=progress
         )
-        return ar_decode(self.model.backbone, spec, options, on_step=on_step), notes
+        return ar_decode(backbone or self.model.backbone, spec, options, on_step=on_step), notes
 
     def decode_hybrid(
         self,
@@ -372,6 +401,7 @@ class Pipeline:
         record_trajectory: bool,
         progress: bool,
         on_step: Callable[[StepInfo], None] | None,
+        backbone: Any = None,  # default: the model's (see backbone_for)
     ) -> tuple[GenerationResult, list[str]]:
         """``generation.mode: hybrid`` / ``interleaved`` (TtT): :func:`~diffuspeech.sampling.hybrid.hybrid_decode`.
 
@@ -393,7 +423,7 @@ class Pipeline:
             check_next_token_positions(spec.attention_mask, predict_from, self.attention_name(), f"generation.mode={opts.mode}")
         scheduler = self.model.scheduler if opts.use_scheduler else None
         result = hybrid_decode(
-            self.model.backbone, spec, text_options, diffusion_options, sampler=sampler, scheduler=scheduler, on_step=on_step,
+            backbone or self.model.backbone, spec, text_options, diffusion_options, sampler=sampler, scheduler=scheduler, on_step=on_step,
             interleaved=opts.mode == "interleaved",
         )
         return result, notes

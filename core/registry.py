@@ -26,8 +26,10 @@ from typing import Any, Optional
 import pluggy
 
 from . import hookspecs
+from .adapter import Adapter
 from .attention import AttentionPolicy
 from .backbone import Backbone
+from .encoder import SpeechEncoder
 from .noiser import Noiser
 from .objective import Objective
 from .sampler import Sampler
@@ -108,6 +110,8 @@ KINDS: dict[str, Kind] = {
         Kind("attention", "register_attention", AttentionPolicy),
         Kind("noisers", "register_noisers", Noiser),
         Kind("objectives", "register_objectives", Objective),
+        Kind("encoders", "register_encoders", SpeechEncoder),
+        Kind("adapters", "register_adapters", Adapter),
         Kind("commands", "register_commands", check=_check_command, info_keys=("help", "description")),
         Kind("benches", "register_benches", check=_check_bench, info_keys=("help", "add_arguments")),
         Kind("models", "register_models", check=_check_model, info_keys=("description", "default")),

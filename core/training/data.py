@@ -42,7 +42,7 @@ from ..compose import SECTION_SCHEMAS, ConfigError, checked_section
 from ..errors import UserError
 from ..formats import Sequence, TaskSpec, layout
 from ..manifest import BadRow, read_manifest
-from ..modality import TEXT
+from ..modality import SPEECH_FEATURES, TEXT
 from ..vocab import Vocab
 
 log = logging.getLogger("diffuspeech.training.data")
@@ -201,6 +201,38 @@ class SpeechResolver:
         return cached
 
 
+class FeatureAudio:
+    """Reads the audio of a ``speech_features`` field (``{"audio": path}`` or a path string) at the
+    encoder's rate, checks it against the encoder's window, and knows the canvas slots it takes."""
+
+    def __init__(self, frontend: Any, audio_root: Optional[Path] = None) -> None:
+        self.frontend, self.audio_root = frontend, audio_root
+
+    def slots(self, num_samples: int) -> int:
+        return self.frontend.slots(num_samples)
+
+    def __call__(self, value: Any, key: str) -> torch.Tensor:
+        from ..audio import load_audio
+        from ..encoder import EncoderInputError
+
+        rel = value.get("audio") if isinstance(value, dict) else value
+        if not isinstance(rel, str) or not rel:
+            raise BadRow("bad_value", f"speech_features field {key!r}: expected an audio path or {{'audio': path}}, got {value!r}")
+        path = Path(rel)
+        if not path.is_absolute() and self.audio_root is not None:
+            path = self.audio_root / path
+        if not path.is_file():
+            raise BadRow("missing_audio", f"speech_features field {key!r}: audio file not found: {path}")
+        try:
+            wav = load_audio(path, sample_rate=self.frontend.sample_rate)  # [samples]
+            self.frontend.check_audio(wav.numel(), f"speech_features field {key!r} ({path})")
+        except EncoderInputError as exc:
+            raise BadRow("too_long" if "window" in str(exc) else "bad_audio", str(exc)) from None
+        except ValueError as exc:  # AudioError and friends
+            raise BadRow("bad_audio", f"speech_features field {key!r}: {exc}") from None
+        return wav.to(torch.float16)  # half the memory; the encoder reads float32
+
+
 # ---------------------------------------------------------------------------- examples
 
 
@@ -215,7 +247,8 @@ class Example:
 
 
 def make_example(
-    row: dict, task: str, spec: TaskSpec, vocab: Vocab, speech: SpeechResolver, fields: dict[str, dict[str, str]], max_length: int
+    row: dict, task: str, spec: TaskSpec, vocab: Vocab, speech: SpeechResolver, fields: dict[str, dict[str, str]], max_length: int,
+    features: Optional[FeatureAudio] = None,
 ) -> Example:
     """Validate ``row`` for ``task`` and lay it out; raises BadRow."""
     values: dict[str, Any] = {}
@@ -230,6 +263,10 @@ def make_example(
             if not value.strip():
                 raise BadRow("empty_text", f"text field {key!r} is empty")
             values[seg.field] = value
+        elif seg.modality == SPEECH_FEATURES:
+            if features is None:
+                raise BadRow("bad_value", f"task {task!r}: field {key!r} is speech_features but the model has no encoder/adapters")
+            values[seg.field] = features(value, key)
         else:
             units = speech(value, key)
             if units.numel() == 0:
@@ -242,7 +279,7 @@ def make_example(
                 )
             values[seg.field] = units
     try:
-        seq = layout(task, spec, values, vocab)
+        seq = layout(task, spec, values, vocab, feature_slots=features.slots if features is not None else None)
     except ValueError as exc:
         raise BadRow("too_long" if "max_len" in str(exc) else "bad_value", str(exc)) from None
     if len(seq.ids) > max_length:
@@ -272,6 +309,7 @@ def load_examples(
     default_split: Optional[str] = None,
     only_tasks: Optional[set[str]] = None,  # lay out only these tasks
     progress: bool = False,  # a tqdm bar over the manifest's rows (audio fields are encoded here)
+    features: Optional[FeatureAudio] = None,  # speech_features fields: the model's encoder + adapters (FeatureAudio)
 ) -> ExampleSet:
     """Read a manifest; apply ``data.on_bad_row`` to every bad (row, task)."""
     check_data_config(config)
@@ -316,7 +354,7 @@ def load_examples(
                 continue
             report.total += 1
             try:
-                by_task[name].append(make_example(row, name, tasks[name], vocab, speech, fields, max_length))
+                by_task[name].append(make_example(row, name, tasks[name], vocab, speech, fields, max_length, features))
             except BadRow as err:
                 bad(line, row_id, name, err)
     if report.skipped:

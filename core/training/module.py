@@ -16,6 +16,7 @@ from torch import nn
 from ..attention import AttentionPolicy, policy_mask
 from ..errors import ConfigError
 from ..objective import Objective
+from ..speech_features import SpeechFeatures, SplicedBackbone
 
 
 class TrainModule(nn.Module):
@@ -34,9 +35,16 @@ class TrainModule(nn.Module):
         fixed_t: Optional[float] = None,  # evaluation: every sequence at this t, token-normalised loss
     ) -> torch.Tensor:
         attn = policy_mask(self.attention, batch["modality"], batch["valid"], batch["target"])  # [B, 1, L, L]
+        backbone = self.backbone
+        if "feature_audio" in batch:  # speech_features segments: encoder + adapters -> embeddings at their slots
+            frontend = SpeechFeatures.of(self)
+            if frontend is None:
+                raise ConfigError("the batch has speech_features segments but the model has no `encoder` and `adapters` sections")
+            embeds = frontend.embed(batch["feature_audio"], batch["feature_lengths"])  # [N slots, D]
+            backbone = SplicedBackbone(self.backbone, batch["features"], embeds, self.objective._context().mask_id)
         if fixed_t is None:
-            return self.objective.loss(self.backbone, batch, generator, attn).loss
-        return self.objective.dev_loss(self.backbone, batch, float(fixed_t), generator, attn)
+            return self.objective.loss(backbone, batch, generator, attn).loss
+        return self.objective.dev_loss(backbone, batch, float(fixed_t), generator, attn)
 
 
 def select_trainable(module: nn.Module, train: list[str], freeze: list[str], where: str) -> list[str]:

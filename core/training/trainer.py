@@ -47,7 +47,8 @@ from .checkpoint import (
     write_json_atomic,  # noqa: F401 - re-exported (public in __all__)
 )
 from .config import StageConfig, TrainConfig, check_train_config, section
-from .data import DataConfig, DataError, ExampleSet, check_data_config, load_examples, speech_resolver
+from ..speech_features import SpeechFeatures
+from .data import DataConfig, DataError, ExampleSet, FeatureAudio, check_data_config, load_examples, speech_resolver
 from .distributed import all_reduce_sum, barrier, init_distributed, resolve_strategy, shard_fsdp, shutdown, wrap_ddp
 from .lock import RunLock
 from .module import TrainModule, build_optimizer, lr_at, select_trainable
@@ -138,7 +139,9 @@ class Trainer:
             src = self._path(self.tc.init_from) / "model.safetensors"
             if not src.is_file():
                 raise ConfigError(f"train.init_from: no saved model at {src.parent} (expected model.safetensors)")
-            model.load_state_dict(load_file(str(src)))
+            fresh = model.load_state_dict(load_file(str(src)), missing_sections_ok=True)
+            if fresh:
+                self._main_log(f"train.init_from: {src.parent} has no weights for {', '.join(fresh)}; they start from their initialisation")
         backbone = model.backbone
         if backbone is None:
             raise ConfigError("training needs a `backbone` section")
@@ -173,9 +176,11 @@ class Trainer:
             used |= set(s.mixture) if s.mixture else set(model.tasks)
         manifest = self._path(self.dc.manifest)
         speech = speech_resolver(self.dc, self.base_dir, manifest, model.tokenizer, model.vocab.num_units)
+        frontend = SpeechFeatures.of(model)
         common = dict(
             tasks=model.tasks, vocab=model.vocab, speech=speech, config=self.dc, max_length=max_length, only_tasks=used,
             progress=self.info.is_main and self.tc.progress,
+            features=FeatureAudio(frontend, speech.audio_root) if frontend is not None else None,
         )
         train = load_examples(manifest, split=self.dc.train_split, default_split=self.dc.train_split, **common)
         if self.dc.dev_manifest:

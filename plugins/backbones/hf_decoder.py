@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from diffuspeech.backbone import INITS, Backbone, check_attention_mask, parse_dtype, resized_rows
+from diffuspeech.backbone import INITS, Backbone, check_attention_mask, check_inputs_embeds, parse_dtype, resized_rows
 
 # Shape of a fresh model when no path is given (~0.6 M parameters), overridable field by field.
 TINY_DEFAULTS: dict[str, Any] = dict(
@@ -141,10 +141,17 @@ class HFDecoderBackbone(Backbone):
     def output_head(self) -> nn.Module:
         return self.lm.get_output_embeddings()
 
+    supports_inputs_embeds = True  # embed_tokens + inputs_embeds (see diffuspeech.backbone)
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` ids -> ``[B, L, D]`` input embeddings."""
+        return self.lm.get_input_embeddings()(input_ids)
+
     def hidden_states(
         self,
         input_ids: torch.Tensor,  # [B, L] long
         attention_mask: torch.Tensor | None = None,  # [B, 1, L, L] bool, True = attend; None = full
+        inputs_embeds: torch.Tensor | None = None,  # [B, L, D]: used instead of looking input_ids up
     ) -> torch.Tensor:
         batch, length = input_ids.shape
         check_attention_mask(attention_mask, batch, length)
@@ -152,6 +159,11 @@ class HFDecoderBackbone(Backbone):
             attention_mask = torch.ones(batch, 1, length, length, dtype=torch.bool, device=input_ids.device)
         elif attention_mask.shape[0] != batch:
             attention_mask = attention_mask.expand(batch, 1, length, length)
+        if inputs_embeds is not None:
+            check_inputs_embeds(inputs_embeds, input_ids, self.hidden_size)
+            weight = self.lm.get_input_embeddings().weight
+            out = self.lm.base_model(inputs_embeds=inputs_embeds.to(weight.dtype), attention_mask=attention_mask, use_cache=False)
+            return out.last_hidden_state  # [B, L, D]
         out = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state  # [B, L, D]
 

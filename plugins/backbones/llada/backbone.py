@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from diffuspeech.backbone import INITS, Backbone, KVCache, check_attention_mask, parse_dtype, resized_rows
+from diffuspeech.backbone import INITS, Backbone, KVCache, check_attention_mask, check_inputs_embeds, parse_dtype, resized_rows
 
 from .arch import ARCH_FIELDS, LLaDAArch, check_overrides_match, resolve_arch
 from .layers import LLaDABlock, RMSNorm, TiedHead, rope_tables
@@ -166,14 +166,27 @@ class LLaDABackbone(Backbone):
         cos, sin = cached
         return cos[:length], sin[:length]
 
+    supports_inputs_embeds = True  # embed_tokens + inputs_embeds (see diffuspeech.backbone)
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` ids -> ``[B, L, D]`` input embeddings."""
+        return self.transformer["wte"](input_ids)
+
+    def _inputs(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+        if inputs_embeds is None:
+            return self.transformer["wte"](input_ids)  # [B, L, D]
+        check_inputs_embeds(inputs_embeds, input_ids, self.hidden_size)
+        return inputs_embeds.to(self.transformer["wte"].weight.dtype)
+
     def hidden_states(
         self,
         input_ids: torch.Tensor,  # [B, L] long
         attention_mask: torch.Tensor | None = None,  # [B, 1, L, L] bool, True = attend; None = full
+        inputs_embeds: torch.Tensor | None = None,  # [B, L, D]: used instead of looking input_ids up
     ) -> torch.Tensor:
         batch, length = input_ids.shape
         check_attention_mask(attention_mask, batch, length)
-        x = self.transformer["wte"](input_ids)  # [B, L, D]
+        x = self._inputs(input_ids, inputs_embeds)  # [B, L, D]
         cos, sin = self._rope(length, x.device)  # [L, Dh] each
         use_ckpt = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.transformer["blocks"]:
@@ -189,11 +202,12 @@ class LLaDABackbone(Backbone):
         self,
         input_ids: torch.Tensor,  # [B, L] long
         attention_mask: torch.Tensor | None = None,  # [B, 1, L, L] bool, True = attend; None = full
+        inputs_embeds: torch.Tensor | None = None,  # [B, L, D]: used instead of looking input_ids up
     ) -> tuple[torch.Tensor, KVCache]:
         """:meth:`hidden_states` plus every layer's rotated keys and values, for cached block steps."""
         batch, length = input_ids.shape
         check_attention_mask(attention_mask, batch, length)
-        x = self.transformer["wte"](input_ids)  # [B, L, D]
+        x = self._inputs(input_ids, inputs_embeds)  # [B, L, D]
         cos, sin = self._rope(length, x.device)  # [L, Dh] each
         keys, values = [], []
         for block in self.transformer["blocks"]:
@@ -209,6 +223,7 @@ class LLaDABackbone(Backbone):
         positions: torch.Tensor,  # [B, W] long canvas positions of the window (distinct per row)
         cache: KVCache,  # from hidden_states_and_cache on a [B, L] canvas; window entries overwritten in place
         attention_mask: torch.Tensor | None = None,  # [B, 1, L, L] canvas mask; None = full
+        inputs_embeds: torch.Tensor | None = None,  # [B, W, D]: the window's embeddings instead of looking input_ids up
     ) -> torch.Tensor:
         """Final hidden states ``[B, W, D]`` of the window: its queries attend over all L keys,
         recomputed at the window and taken from ``cache`` elsewhere (Fast-dLLM)."""
@@ -225,7 +240,7 @@ class LLaDABackbone(Backbone):
         if bool(((positions < 0) | (positions >= length)).any()):
             raise ValueError(f"window positions must lie in [0, {length}) (the cached canvas length)")
         check_attention_mask(attention_mask, batch, length)
-        x = self.transformer["wte"](input_ids)  # [B, W, D]
+        x = self._inputs(input_ids, inputs_embeds)  # [B, W, D]
         cos, sin = self._rope(length, x.device)  # [L, Dh]
         cos, sin = cos[positions][:, None], sin[positions][:, None]  # [B, 1, W, Dh] each
         rows = None
