@@ -92,7 +92,9 @@ def check_inputs_embeds(inputs_embeds: torch.Tensor, input_ids: torch.Tensor, hi
     """``inputs_embeds`` must be ``[*input_ids.shape, hidden_size]`` floats."""
     want = (*input_ids.shape, hidden_size)
     if tuple(inputs_embeds.shape) != want or not inputs_embeds.is_floating_point():
-        raise ValueError(f"inputs_embeds must be a float tensor of shape {want} (input_ids + hidden size), got {tuple(inputs_embeds.shape)} {inputs_embeds.dtype}")
+        raise ValueError(
+            f"inputs_embeds must be a float tensor of shape {want} (input_ids + hidden size), got {tuple(inputs_embeds.shape)} {inputs_embeds.dtype}"
+        )
 
 
 def supports_kv_cache(backbone: object) -> bool:

@@ -12,8 +12,8 @@ never code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import torch

@@ -35,6 +35,7 @@ from ..atomic import write_text_atomic
 from ..compose import ConfigError, build_component, validate_config
 from ..formats import collate
 from ..objective import Objective, ObjectiveContext
+from ..speech_features import SpeechFeatures
 from .batching import MixtureBatcher, generator, normalise_mixture, shard
 from .checkpoint import (
     CheckpointError,
@@ -47,7 +48,6 @@ from .checkpoint import (
     write_json_atomic,  # noqa: F401 - re-exported (public in __all__)
 )
 from .config import StageConfig, TrainConfig, check_train_config, section
-from ..speech_features import SpeechFeatures
 from .data import DataConfig, DataError, ExampleSet, FeatureAudio, check_data_config, load_examples, speech_resolver
 from .distributed import all_reduce_sum, barrier, init_distributed, resolve_strategy, shard_fsdp, shutdown, wrap_ddp
 from .lock import RunLock

@@ -52,7 +52,7 @@ class WhisperSpeechEncoder(SpeechEncoder):
 
     def __init__(self, config: Optional[WhisperSpeechEncoder.Config] = None) -> None:
         super().__init__(config)
-        from transformers import WhisperConfig, WhisperFeatureExtractor
+        from transformers import WhisperConfig
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
         c = self.config
