@@ -379,7 +379,8 @@ def validate_config(cfg: DictConfig | dict, allow_missing: bool = False, base_di
     for key in data:
         key = str(key)
         if key in COMPONENT_SECTIONS:
-            resolve_component(COMPONENT_SECTIONS[key], data[key], key)
+            if data[key] is not None:  # null: no such component (as if the key were absent)
+                resolve_component(COMPONENT_SECTIONS[key], data[key], key)
         elif key in COMPONENT_GROUPS:
             for path, kind, node in component_nodes({key: data[key]}):
                 resolve_component(kind, node, path)

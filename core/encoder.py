@@ -49,6 +49,8 @@ class EncoderOutput:
 class SpeechEncoder(nn.Module, Component):
     """Waveform ``[B, S]`` at :attr:`sample_rate` -> :class:`EncoderOutput` at :attr:`frame_rate`."""
 
+    window_hint = "cut the clip, or use an encoder with a longer window"  # the fix the too-long message names
+
     def __init__(self, config: Any = None) -> None:
         nn.Module.__init__(self)
         Component.__init__(self, config)
@@ -103,6 +105,5 @@ class SpeechEncoder(nn.Module, Component):
         if limit is not None and num_samples > limit:
             raise EncoderInputError(
                 f"{where}: {num_samples / self.sample_rate:.2f} s of audio is longer than the encoder's "
-                f"{limit / self.sample_rate:.2f} s window (encoder.name={type(self).__name__}); cut the clip, or use an "
-                "encoder with a longer window"
+                f"{limit / self.sample_rate:.2f} s window; {self.window_hint}"
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_whisper import write_tiny_whisper
 from transformers import HubertConfig, HubertModel
 
 from diffuspeech import MaskScheduler, Sampler, Vocoder, build_component
@@ -32,6 +33,7 @@ def assets(tmp_path_factory):
         conv_dim=(16,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
     ))
     hubert.save_pretrained(root / "hubert")
+    write_tiny_whisper(root / "whisper")
     save_centroids(root / "hubert_km.safetensors", torch.randn(12, 32, generator=torch.Generator().manual_seed(1)), "kmeans")
     return root
 
@@ -66,6 +68,15 @@ def example_nodes(assets) -> dict[str, dict[str, dict]]:
             "llada": TINY_LLADA,
             "hf_decoder": {"name": "hf_decoder", "model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1,
                            "num_attention_heads": 2, "vocab_size": 96, "seed": 0},
+        },
+        "encoders": {
+            "mel": {"name": "mel", "conv_layers": 1, "conv_width": 16},
+            "whisper": {"name": "whisper", "path": str(assets / "whisper")},
+        },
+        "adapters": {
+            "semantic": {"name": "semantic", "input_size": 16, "output_size": 24, "width": 8, "prompt_tokens": 2, "context_layers": 1, "context_heads": 2},
+            "qformer": {"name": "qformer", "input_size": 16, "output_size": 24, "layers": [0, -1], "num_queries": 3, "width": 8, "heads": 2,
+                        "num_layers": 1},
         },
         "objectives": {"diffusion": {"name": "diffusion"}, "autoregressive": {"name": "autoregressive"}, "hybrid": {"name": "hybrid"},
                        "self_distillation": {"name": "self_distillation", "teacher_steps": 2}},

@@ -214,6 +214,62 @@ def check_backbone(backbone: Any, **_: Any) -> None:
         after = backbone.hidden_states(changed, causal)
         if not torch.allclose(before[:, :-1].float(), after[:, :-1].float(), atol=1e-4, rtol=1e-4):
             _fail(backbone, "under a causal attention_mask, changing the last token changed earlier hidden states")
+        if getattr(backbone, "supports_inputs_embeds", False):  # the embeddings path is the lookup when given the lookup
+            via = backbone.hidden_states(ids, None, inputs_embeds=backbone.embed_tokens(ids))
+            if not torch.allclose(via.float(), hidden.float(), atol=1e-5, rtol=1e-5):
+                _fail(backbone, "hidden_states(ids, inputs_embeds=embed_tokens(ids)) differs from hidden_states(ids)")
+
+
+# --------------------------------------------------------------------------- encoders and adapters
+def _clips(sample_rate: int, seconds: tuple[float, ...] = (0.5, 0.3)) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([int(s * sample_rate) for s in seconds])  # [B]
+    audio = 0.1 * torch.randn(len(seconds), int(lengths.max()), generator=g)  # [B, S]
+    audio[1, int(lengths[1]):] = 0.0
+    return audio, lengths
+
+
+def check_encoder(encoder: Any, **_: Any) -> None:
+    """``forward`` gives ``num_layers`` finite ``[B, T, feature_size]`` layers, lengths equal to
+    ``output_lengths``, T their maximum; padding does not change a row's valid frames; frozen
+    unless ``trainable``."""
+    encoder.eval()
+    audio, lengths = _clips(int(encoder.sample_rate))
+    with torch.no_grad():
+        out = encoder(audio, lengths)
+        alone = encoder(audio[1:, : int(lengths[1])], lengths[1:])
+    want = encoder.output_lengths(lengths)
+    if out.lengths.tolist() != want.tolist():
+        _fail(encoder, f"forward's lengths {out.lengths.tolist()} differ from output_lengths {want.tolist()}")
+    if len(out.hidden) != int(encoder.num_layers):
+        _fail(encoder, f"forward returned {len(out.hidden)} layers, num_layers says {encoder.num_layers}")
+    for i, h in enumerate(out.hidden):
+        if tuple(h.shape) != (2, int(want.max()), int(encoder.feature_size)) or not bool(torch.isfinite(h).all()):
+            _fail(encoder, f"layer {i} must be finite [B, T, feature_size] = [2, {int(want.max())}, {encoder.feature_size}], got {tuple(h.shape)}")
+    n = int(want[1])
+    if not torch.allclose(out.hidden[-1][1, :n].float(), alone.hidden[-1][0, :n].float(), atol=1e-4, rtol=1e-3):
+        _fail(encoder, "a padded row's valid frames differ from the same clip encoded alone")
+    if not encoder.trainable and any(p.requires_grad for p in encoder.parameters()):
+        _fail(encoder, "trainable is False but some parameters require gradients (an encoder is frozen by default)")
+
+
+def check_adapter(adapter: Any, **_: Any) -> None:
+    """``forward`` on ``[B, T, input_size]`` layers gives ``[B, T', output_size]`` embeddings and
+    the lengths ``output_lengths`` promises; gradients reach its parameters."""
+    from ..encoder import EncoderOutput
+
+    g = torch.Generator().manual_seed(0)
+    frames = torch.tensor([13, 7])  # [B]
+    layers = max(abs(i) + (0 if i < 0 else 1) for i in adapter.layers)
+    hidden = [torch.randn(2, 13, int(adapter.input_size), generator=g) for _ in range(max(1, layers))]
+    emb, n = adapter(EncoderOutput(hidden=hidden, lengths=frames))
+    if n.tolist() != adapter.output_lengths(frames).tolist():
+        _fail(adapter, f"forward's lengths {n.tolist()} differ from output_lengths {adapter.output_lengths(frames).tolist()}")
+    if emb.dim() != 3 or emb.shape[0] != 2 or emb.shape[1] < int(n.max()) or emb.shape[2] != int(adapter.output_size):
+        _fail(adapter, f"embeddings must be [B, T' >= max length, output_size={adapter.output_size}], got {tuple(emb.shape)}")
+    emb.float().square().mean().backward()
+    if not any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in adapter.parameters()):
+        _fail(adapter, "no gradient reaches the adapter's parameters")
 
 
 # --------------------------------------------------------------------------- objectives
@@ -259,6 +315,8 @@ CHECKS: dict[str, Callable[..., None]] = {  # kind -> the check every registered
     "tokenizers": check_tokenizer,
     "backbones": check_backbone,
     "objectives": check_objective,
+    "encoders": check_encoder,
+    "adapters": check_adapter,
 }
 
 

@@ -1,8 +1,9 @@
 """``mel`` encoder: log-mel frames, optionally through a small conv stack; needs no pretrained weights.
 
-Layer 0 is the (per-utterance mean/variance normalised) log-mel, layers 1..conv_layers the
-outputs of ``Conv1d(k=3) + GELU`` blocks of width ``conv_width`` (randomly initialised from
-``seed``; frozen unless ``trainable: true``). Frames come every ``hop_length`` samples:
+With ``conv_layers: 0`` the one layer is the (per-utterance mean/variance normalised) log-mel;
+otherwise the layers are the outputs of ``conv_layers`` ``Conv1d(k=3) + GELU`` blocks of width
+``conv_width`` over it (every layer has one width; randomly initialised from ``seed``, frozen
+unless ``trainable: true``). Frames come every ``hop_length`` samples:
 16000 / 320 = 50 frames/s, Whisper's rate."""
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from diffuspeech.mel import MelConfig, log_mel, mel_transform
 
 
 class MelEncoder(SpeechEncoder):
+    window_hint = "cut the clip, or raise encoder.max_seconds (null: no limit)"
+
     @dataclass
     class Config:
         sample_rate: int = 16000  # Hz of the waveform
@@ -71,7 +74,7 @@ class MelEncoder(SpeechEncoder):
 
     @property
     def num_layers(self) -> int:
-        return 1 + int(self.config.conv_layers)
+        return max(1, int(self.config.conv_layers))
 
     @property
     def max_samples(self) -> Optional[int]:
@@ -83,8 +86,9 @@ class MelEncoder(SpeechEncoder):
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         frames = self.output_lengths(lengths).to(waveform.device)  # [B]
-        x = log_mel(waveform.float(), self.mel, self.transform.to(waveform.device))  # [B, T, M]
-        x = x[:, : int(frames.max())]
+        transform = self.transform.to(waveform.device)
+        rows = [log_mel(waveform[i, : int(n)].float(), self.mel, transform) for i, n in enumerate(lengths.tolist())]  # [T_i, M] each
+        x = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # [B, T, M]: each clip on its own, as if encoded alone
         valid = torch.arange(x.shape[1], device=x.device)[None, :] < frames[:, None]  # [B, T]
         if self.config.normalize:
             w = valid[..., None].float()  # [B, T, 1]
@@ -92,7 +96,7 @@ class MelEncoder(SpeechEncoder):
             var = ((x - mean) ** 2 * w).sum(1, keepdim=True) / w.sum(1, keepdim=True)
             x = (x - mean) / (var + 1e-5).sqrt()
         x = x * valid[..., None]
-        hidden = [x]
+        hidden = [x] if not self.convs else []
         for conv in self.convs:
             x = torch.nn.functional.gelu(conv(x.transpose(1, 2))).transpose(1, 2) * valid[..., None]  # [B, T, W]
             hidden.append(x)

@@ -36,6 +36,8 @@ HOP = 160  # samples per mel frame at 16 kHz; two mel frames per encoder frame (
 
 
 class WhisperSpeechEncoder(SpeechEncoder):
+    window_hint = "Whisper's window is fixed by encoder.path's max_source_positions: cut the clip into pieces that fit"
+
     @dataclass
     class Config:
         path: Optional[str] = None  # local Whisper folder (config.json + *.safetensors); None = `preset`, random weights
