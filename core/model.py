@@ -107,16 +107,24 @@ class SpeechDiffusionModel:
                 out[f"{section}.{key}"] = value
         return out
 
-    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True, missing_sections_ok: bool = False) -> list[str]:
-        """Load ``<section>.<param>`` weights. ``missing_sections_ok``: a section with no key in ``state``
-        at all keeps its fresh weights (``train.init_from`` a text LM before adding adapters). Returns
-        the sections left fresh."""
+    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True, partial: bool = False) -> list[str]:
+        """Load ``<section>.<param>`` weights (``<section>.<name>.<param>`` for group entries such as
+        ``adapters.semantic``). ``partial`` (``train.init_from``): a component of the model with no
+        weights in ``state`` keeps its fresh initialisation, weights of components the model does not
+        have are ignored; the components both have must match exactly. Returns what ``partial`` left
+        out (``"adapters.acoustic (fresh)"``, ``"adapters.acoustic (ignored)"``)."""
         modules = self.modules()
-        fresh = []
-        if missing_sections_ok:
-            present = {k.partition(".")[0] for k in state}
-            fresh = [k for k in modules if k not in present]
-            modules = {k: v for k, v in modules.items() if k in present}
+
+        def component(key: str) -> str:
+            parts = key.split(".")
+            return ".".join(parts[:2]) if parts[0] in COMPONENT_GROUPS else parts[0]
+
+        own_components = {f"{s}.{n}" if s in COMPONENT_GROUPS else s for s, m in modules.items() for n in (m if s in COMPONENT_GROUPS else [None])}
+        left_out: list[str] = []
+        if partial:
+            saved = {component(k) for k in state}
+            left_out = [f"{c} (fresh)" for c in sorted(own_components - saved)] + [f"{c} (ignored)" for c in sorted(saved - own_components)]
+            state = {k: v for k, v in state.items() if component(k) in own_components}
         grouped: dict[str, dict[str, torch.Tensor]] = {k: {} for k in modules}
         unexpected = []
         for key, value in state.items():
@@ -134,7 +142,10 @@ class SpeechDiffusionModel:
             if any(p.startswith(f"shape of {section}.") for p in problems):
                 continue
             result = module.load_state_dict(grouped[section], strict=False)
-            problems += [f"missing {section}.{k}" for k in result.missing_keys]
+            missing = [f"{section}.{k}" for k in result.missing_keys]
+            if partial:
+                missing = [k for k in missing if f"{component(k)} (fresh)" not in left_out]
+            problems += [f"missing {k}" for k in missing]
             problems += [f"unexpected {section}.{k}" for k in result.unexpected_keys]
         problems += [f"unexpected {k} (no component {k.partition('.')[0]!r} in the config)" for k in unexpected]
         if strict and problems:
@@ -144,7 +155,7 @@ class SpeechDiffusionModel:
                 + ". The config (with its overrides) describes another network than the one saved: keep the saved "
                 "architecture (drop overrides of its shape), or train the new config"
             )
-        return fresh
+        return left_out
 
     # ----------------------------------------------------------------- provenance
     def provenance(self) -> dict[str, Any]:

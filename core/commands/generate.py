@@ -15,7 +15,7 @@ import torch
 
 from ..audio import AudioError, write_audio
 from ..formats import TARGET
-from ..modality import SPEECH, TEXT
+from ..modality import SPEECH, SPEECH_FEATURES, TEXT
 from ..model import model_help
 
 
@@ -70,7 +70,7 @@ def run(args) -> int:
     pipe = Pipeline.from_pretrained(args.model, overrides, args.device, args.allow_version_mismatch, args.allow_external_paths)
     task = pipe.task(args.task)
     conditions = [s for s in task.segments if s.role != TARGET]
-    speech_in = [s for s in conditions if s.modality == SPEECH]
+    speech_in = [s for s in conditions if s.modality in (SPEECH, SPEECH_FEATURES)]
     text_in = [s for s in conditions if s.modality == TEXT]
     if speech_in and not inputs:
         print(f"error: task {args.task!r} takes speech input: give one or more wav files", file=sys.stderr)

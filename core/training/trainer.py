@@ -139,9 +139,10 @@ class Trainer:
             src = self._path(self.tc.init_from) / "model.safetensors"
             if not src.is_file():
                 raise ConfigError(f"train.init_from: no saved model at {src.parent} (expected model.safetensors)")
-            fresh = model.load_state_dict(load_file(str(src)), missing_sections_ok=True)
-            if fresh:
-                self._main_log(f"train.init_from: {src.parent} has no weights for {', '.join(fresh)}; they start from their initialisation")
+            left_out = model.load_state_dict(load_file(str(src)), partial=True)
+            if left_out:
+                self._main_log(f"train.init_from: {src.parent}: {', '.join(left_out)} (fresh: no saved weights, they start from "
+                               "their initialisation; ignored: saved weights of components this config does not have)")
         backbone = model.backbone
         if backbone is None:
             raise ConfigError("training needs a `backbone` section")

@@ -61,11 +61,11 @@ class ArithTrainConfig:
     resume: bool = False  # continue an interrupted backbone training run
 
 
-def build_text_tokenizer(rows: list[dict], path: Path) -> Path:
-    """Word-level tokenizer over every word of the corpus text (plus the numbers 0..20)."""
+def build_text_tokenizer(rows: list[dict], path: Path, extra_words: tuple[str, ...] = ()) -> Path:
+    """Word-level tokenizer over every word of the corpus text (plus the numbers 0..20 and ``extra_words``)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    words: set[str] = set(NUMBER_WORDS) | {str(n) for n in range(len(NUMBER_WORDS))} | {"+", "-", "="}
+    words: set[str] = set(NUMBER_WORDS) | {str(n) for n in range(len(NUMBER_WORDS))} | {"+", "-", "="} | set(extra_words)
     for r in rows:
         for key in ("question_text", "thinking", "answer_text", "answer_words"):
             words.update(str(r.get(key, "")).split())
