@@ -31,6 +31,7 @@ class QFormerAdapter(Adapter):
         width: int = 768  # Q-Former width
         heads: int = 12  # attention heads
         num_layers: int = 2  # decoder layers (self-attention + cross-attention + MLP)
+        output_gain: float = 1.0  # initial gain of the output LayerNorm: match it to the backbone's token-embedding scale (per element)
         seed: int = 0  # initialisation
 
     @classmethod
@@ -63,6 +64,7 @@ class QFormerAdapter(Adapter):
             )
             self.layer_weights = nn.Parameter(torch.zeros(len(c.layers)))  # softmax-mixed
             self.norm = nn.LayerNorm(c.width)
+            nn.init.constant_(self.norm.weight, c.output_gain)
             self.out_proj = nn.Linear(c.width, c.output_size)
 
     def output_lengths(self, frames: torch.Tensor) -> torch.Tensor:

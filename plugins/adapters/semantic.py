@@ -30,6 +30,7 @@ class SemanticAdapter(Adapter):
         prompt_tokens: int = 0  # trainable embeddings prepended to the output (DIFFA stage 1: 20)
         context_layers: int = 0  # trainable Transformer encoder layers over the down-sampled frames (0 = DIFFA's)
         context_heads: int = 4  # their attention heads
+        output_gain: float = 1.0  # initial gain of the output LayerNorm: match it to the backbone's token-embedding scale (per element)
         seed: int = 0  # initialisation
 
     @classmethod
@@ -67,6 +68,7 @@ class SemanticAdapter(Adapter):
         ) if c.context_layers else None
         self.proj2 = nn.Linear(width, c.output_size)
         self.norm = nn.LayerNorm(c.output_size)
+        nn.init.constant_(self.norm.weight, c.output_gain)
         self.prompt = nn.Parameter(torch.randn(c.prompt_tokens, c.output_size) * 0.02) if c.prompt_tokens else None
 
     def output_lengths(self, frames: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,13 @@
 """``diffuspeech recipe arith diffa``: DIFFA on the spoken-arithmetic corpus, on a CPU.
 
 1. a word-level text tokenizer over the corpus words (``train.build_text_tokenizer``);
-2. a DIFFA manifest: each corpus row with its question audio (a wav path), its text fields, and
-   ``rate`` ("fast": espeak speed >= 170 words/min, "slow": <= 150, none in between);
+2. a DIFFA manifest: each corpus row with its question audio (a wav path), its text fields,
+   ``rate`` ("fast": espeak speed >= 170 words/min, "slow": <= 150, none in between), and
+   ``question_disfluent``: the question with 0..MAX_FILLERS filler words ("um", "uh", ...) at random
+   places. A pretrained LLM reads prompts of any length and wording; a tiny LM trained on 187
+   five-word questions does not, so the text LM learns from disfluent prompts too (answer them,
+   and repeat the clean question): an adapter then has to turn each stretch of speech into a word
+   or a filler, not to squeeze a question into five exact positions;
 3. one ``diffuspeech.training`` run of ``diffa.yaml``: stage ``lm`` trains the text diffusion LM
    on text only (T2T, repeat, label), then stages ``align`` (ASR, the semantic adapter) and
    ``qa`` (S2T + speech rate + ASR, both adapters) train only the adapters: the LM and the
@@ -33,6 +38,16 @@ from .train import build_text_tokenizer
 
 TEMPLATE = Path(__file__).with_name("diffa.yaml")
 FAST, SLOW = 170, 150  # espeak words/min: at or above FAST is "fast", at or below SLOW "slow"
+FILLERS = ("um", "uh", "er", "ah", "hmm", "well", "so", "like")  # disfluencies of the text LM's prompts
+MAX_FILLERS = 24  # up to this many per prompt: about the adapters' 12.5 embeddings per second of speech
+
+
+def disfluent(text: str, rng) -> str:
+    """``text`` with ``rng.randint(0, MAX_FILLERS)`` filler words inserted at random places."""
+    words = text.split()
+    for _ in range(rng.randint(0, MAX_FILLERS)):
+        words.insert(rng.randint(0, len(words)), rng.choice(FILLERS))
+    return " ".join(words)
 
 
 @dataclass
@@ -54,14 +69,18 @@ def rate_word(speed: Any) -> Optional[str]:
     return "fast" if speed >= FAST else "slow" if speed <= SLOW else None
 
 
-def diffa_manifest(rows: list[dict], data_dir: Path, path: Path) -> Path:
+def diffa_manifest(rows: list[dict], data_dir: Path, path: Path, seed: int = 0) -> Path:
     """Corpus rows -> DIFFA rows (no task list: a row serves every task whose fields it has)."""
+    import random
+
+    rng = random.Random(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
             row = {
                 "id": r["id"], "split": r["split"], "question_text": r["question_text"], "thinking": r["thinking"],
                 "answer_text": r["answer_text"], "question_audio": str((data_dir / r["question_audio"]).resolve()),
+                "question_disfluent": disfluent(r["question_text"], rng),
             }
             if rate_word(r.get("speed")):
                 row["rate"] = rate_word(r.get("speed"))
@@ -123,8 +142,8 @@ def run(cfg: ArithDiffaConfig) -> dict[str, Any]:
             raise FileNotFoundError(f"{data_dir / name} not found: run `diffuspeech recipe arith prepare --out {data_dir}` first")
     train_rows, dev_rows = read_manifest(data_dir / "train.jsonl"), read_manifest(data_dir / "dev.jsonl")
     art = out / "artefacts"
-    tok_path = build_text_tokenizer(train_rows, art / "tokenizer.json", extra_words=("fast", "slow"))
-    manifest = diffa_manifest(train_rows + dev_rows, data_dir, art / "manifest.jsonl")
+    tok_path = build_text_tokenizer(train_rows, art / "tokenizer.json", extra_words=("fast", "slow", *FILLERS))
+    manifest = diffa_manifest(train_rows + dev_rows, data_dir, art / "manifest.jsonl", cfg.seed)
     base = OmegaConf.load(TEMPLATE)
     fills = OmegaConf.create({"vocab": {"text_tokenizer": str(tok_path.resolve())}, "data": {"manifest": str(manifest.resolve())},
                               "train": {"seed": cfg.seed}})
