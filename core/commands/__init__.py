@@ -18,3 +18,4 @@ def register_commands(register):
     register("plugins", "diffuspeech.commands.plugins:configure",
              help="list registered components, commands, benches and models, and plugins that failed to load")
     register("bench", "diffuspeech.commands.bench:configure", help="run a benchmark and print its figures (JSON with --json)")
+    register("serve", "diffuspeech.commands.serve:configure", help="a local web page (and JSON API) to talk to a model and watch it denoise")

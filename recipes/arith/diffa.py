@@ -12,8 +12,9 @@
    on text only (T2T, repeat, label), then stages ``align`` (ASR, the semantic adapter) and
    ``qa`` (S2T + speech rate + ASR, both adapters) train only the adapters: the LM and the
    encoder stay bit-identical (the report checks it);
-4. the ablation (unless ``--no-ablation``): the same two adapter stages without the acoustic
-   adapter, from the same frozen LM (``train.init_from`` its ``lm`` stage);
+4. the ablation (unless ``--no-ablation``): stage ``qa`` again without the acoustic adapter, from
+   the same frozen LM and aligned semantic adapter (``train.init_from`` the ``align`` stage's model:
+   the acoustic adapter's weights there are ignored), so the two differ in stage 2 only;
 5. both evaluated on the dev split and on the unseen-voice split: S2T accuracy, thinking exact
    match, speech-rate accuracy, question ASR WER.
 """
@@ -100,7 +101,7 @@ def evaluate_model(model_dir: Path, rows: list[dict], data_dir: Path, batch_size
     hyps, refs = [], []
     rated = [(i, rate_word(r.get("speed"))) for i, r in enumerate(rows) if rate_word(r.get("speed"))]
     rate_ok = 0
-    bar = tqdm(total=2 * len(rows) + len(rated), desc=f"eval {model_dir.parent.name}", unit="q", disable=not progress)
+    bar = tqdm(total=2 * len(rows) + len(rated), desc=f"eval {model_dir}", unit="q", disable=not progress)
     for start in range(0, len(rows), batch_size):
         chunk = list(range(start, min(len(rows), start + batch_size)))
         for i, o in zip(chunk, pipe.run_batch("s2t", [{"question_audio": audio[i]} for i in chunk])):
@@ -164,8 +165,8 @@ def run(cfg: ArithDiffaConfig) -> dict[str, Any]:
     if cfg.ablation and config.get("adapters", {}).get("acoustic") is not None:
         ablated = config.copy()
         ablated.adapters.acoustic = None
-        ablated.train.init_from = str(lm_stage.resolve())
-        ablated.train.stages = [s for s in config.train.stages if s.name != "lm"]
+        ablated.train.init_from = str((out / "train" / "stages" / "align" / "model").resolve())
+        ablated.train.stages = [s for s in config.train.stages if s.name == "qa"]
         runs["semantic only"] = train(ablated, out=out / "train-semantic")
     report["minutes_training"] = round((time.perf_counter() - t0) / 60, 1)
     splits = {"dev": dev_rows}
