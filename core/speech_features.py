@@ -97,6 +97,12 @@ class SplicedBackbone:
         rows, cols = where.nonzero(as_tuple=True)
         self.dense = embeds.new_zeros(b, length, embeds.shape[-1]).index_put((rows, cols), embeds)  # [B, L, D]
 
+    def rebound(self, backbone: Any) -> SplicedBackbone:
+        """The same speech embeddings (detached) spliced into another backbone (e.g. a frozen teacher copy)."""
+        view = object.__new__(SplicedBackbone)
+        view.__dict__.update(self.__dict__, backbone=backbone, dense=self.dense.detach())
+        return view
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["backbone"], name)
 

@@ -259,3 +259,24 @@ def test_diffa_llada8b_config_validates_and_builds_on_the_meta_device():
     assert model.config.adapters.semantic.output_size == 4096 and model.config.adapters.acoustic.layers == [2, 5, 8, 11]
     assert next(model.adapters.parameters()).device.type in ("cpu", "meta")
     assert SpeechFeatures.of(model).slots(30 * 16000) == 64 + 20 + 375  # queries (the four layers mixed), prompt, 1500 frames / 4
+
+
+def test_self_distillation_teacher_hears_the_same_speech():
+    """VocalNet-MDM's objective on a DIFFA model: the frozen teacher copy reads the batch's adapter embeddings too."""
+    from diffuspeech.formats import collate, layout
+    from diffuspeech.objective import ObjectiveContext
+
+    model = SpeechDiffusionModel(tiny(), base_dir=CONFIGS)
+    objective = build_component("objectives", {"name": "self_distillation", "teacher_steps": 2})
+    objective.prepare(ObjectiveContext(model.scheduler, model.noiser, model.vocab.mask_id, build_component("attention", "bidirectional")))
+    front = SpeechFeatures.of(model)
+    seqs = [layout("s2t", model.tasks["s2t"], {"question_audio": spoken(q), "thinking": "1 + 2 = 3", "answer_text": "3"}, model.vocab,
+                   feature_slots=front.slots) for q in ("what is one plus two", "what is two plus one")]
+    batch = collate(seqs, model.vocab.pad_id)
+    student = SplicedBackbone(model.backbone, batch["features"], front.embed(batch["feature_audio"], batch["feature_lengths"]), model.vocab.mask_id)
+    teacher = objective._teacher_for(student)
+    assert isinstance(teacher, SplicedBackbone) and teacher.backbone is not model.backbone and torch.equal(teacher.dense, student.dense)
+    out = objective.loss(student, batch, torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapters.parameters())
+    assert all(p.grad is None for p in teacher.backbone.parameters())

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from diffuspeech.objective import LossOutput, Objective, ObjectiveContext
+from diffuspeech.speech_features import SplicedBackbone
 from diffuspeech.training.losses import check_loss_options, masked_cross_entropy, sample_time
 
 
@@ -83,9 +84,10 @@ class SelfDistillationObjective(Objective):
 
     def _teacher_for(self, student) -> torch.nn.Module:
         refresh = self.config.refresh_every and self.calls > 0 and self.calls % self.config.refresh_every == 0
+        base = student.backbone if isinstance(student, SplicedBackbone) else student  # a view with this batch's speech embeddings
         if self.teacher is None or refresh:
-            self.teacher = self._frozen(copy.deepcopy(student))
-        return self.teacher
+            self.teacher = self._frozen(copy.deepcopy(base))
+        return student.rebound(self.teacher) if isinstance(student, SplicedBackbone) else self.teacher
 
     @torch.no_grad()
     def teacher_logits(self, teacher, noisy: torch.Tensor, masked: torch.Tensor, valid: torch.Tensor, attention_mask) -> torch.Tensor:
