@@ -162,7 +162,9 @@ def test_page_in_headless_chromium(server, question, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
     base, _ = server
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",  # a fake microphone (a beep)
+        ])
         page = browser.new_page(viewport={"width": 1000, "height": 900})
         page.goto(base + "/")
         page.wait_for_function("document.querySelector('#task').options.length > 0")
@@ -177,6 +179,15 @@ def test_page_in_headless_chromium(server, question, tmp_path):
         page.wait_for_function("Number(document.querySelector('#trajectory').dataset.frame) >= Number(document.querySelector('#frame').max)")
         assert int(page.get_attribute("#trajectory", "data-cells")) > 10
         page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+        # the microphone: record a second, then ask with the recording
+        page.set_input_files("#audio-file", [])
+        page.click("#record")
+        page.wait_for_timeout(1200)
+        page.click("#record")
+        page.wait_for_function("document.querySelector('#rec-status').textContent.includes('s recorded')")
+        page.evaluate("document.querySelector('#text-answer').textContent = ''")
+        page.click("#go")
+        page.wait_for_function("document.querySelector('#text-answer').textContent.length > 0", timeout=120_000)
         # a bad upload shows the server's message on the page
         bad = tmp_path / "bad.wav"
         bad.write_bytes(b"not audio")
