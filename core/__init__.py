@@ -7,7 +7,16 @@ load on first use, so ``import diffuspeech`` stays light.
 
 from .adapter import Adapter
 from .attention import AttentionPolicy, apply_padding, check_inputs, position_grid
-from .backbone import Backbone, KVCache, check_attention_mask, parse_dtype, resized_rows, supports_kv_cache
+from .backbone import (
+    Backbone,
+    KVCache,
+    check_attention_mask,
+    check_inputs_embeds,
+    parse_dtype,
+    resized_rows,
+    supports_inputs_embeds,
+    supports_kv_cache,
+)
 from .component import Component
 from .compose import build_component, load_config, validate_config
 from .encoder import EncoderOutput, SpeechEncoder
@@ -29,8 +38,8 @@ __all__ = [
     "SpeechTokenizer", "Vocoder",
     # what implementations share
     "EncoderOutput", "KVCache", "LossOutput", "ObjectiveContext", "VocoderCompatibilityError", "VocoderInputError", "apply_padding",
-    "check_attention_mask", "check_compatible", "check_inputs", "parse_dtype", "position_grid", "resized_rows",
-    "supports_kv_cache", "topk_mask", "validate_units",
+    "check_attention_mask", "check_compatible", "check_inputs_embeds", "check_inputs", "parse_dtype", "position_grid", "resized_rows",
+    "supports_inputs_embeds", "supports_kv_cache", "topk_mask", "validate_units",
     # registry and composition
     "ConfigError", "build_component", "get_registry", "hookimpl", "load_config", "validate_config",
     # models (loaded on first use)
