@@ -124,6 +124,15 @@ def evaluate_model(model_dir: Path, rows: list[dict], data_dir: Path, batch_size
     }
 
 
+def half_weights(path: Path) -> None:
+    """Rewrite a model's float32 weights as float16 (the package budget is 5 MB per model; they load
+    back into the float32 modules), atomically."""
+    from diffuspeech.atomic import save_tensors
+
+    state = {k: (v.half() if v.dtype == torch.float32 else v) for k, v in load_file(str(path)).items()}
+    save_tensors(state, path, metadata={"format": "diffuspeech-model/1"})
+
+
 def frozen_identical(before: Path, after: Path) -> bool:
     """Whether every backbone and encoder tensor of ``after`` equals ``before``'s bit for bit."""
     a, b = load_file(str(before)), load_file(str(after))
@@ -192,7 +201,10 @@ def run(cfg: ArithDiffaConfig) -> dict[str, Any]:
         if DIFFA_MODEL_DIR.exists():
             shutil.rmtree(DIFFA_MODEL_DIR)
         shutil.copytree(model_dir, DIFFA_MODEL_DIR)
+        half_weights(DIFFA_MODEL_DIR / "model.safetensors")
         report["installed"] = str(DIFFA_MODEL_DIR)
+        report["installed_results"] = {split: evaluate_model(DIFFA_MODEL_DIR, rows[: cfg.eval_limit], data_dir, progress=cfg.progress)
+                                       for split, rows in splits.items()}
     (out / "recipe_report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "results.md").write_text(results_table(results))
     return report
