@@ -127,6 +127,9 @@ class ServeApp:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            seconds = _declared_seconds(tmp)
+            if seconds is not None and seconds > self.max_seconds:
+                raise RequestError(f"audio: {seconds:.1f} s is longer than the {self.max_seconds:g} s this server accepts", 413)
             wav = load_audio(tmp, rate)
         except AudioError as exc:
             raise RequestError(f"audio: {str(exc).replace(tmp, 'the upload')}", 422) from None
@@ -156,9 +159,10 @@ class ServeApp:
                 raise RequestError(str(exc), 422) from None
         return self.result(task, out, time.perf_counter() - t0)
 
-    def stream(self, form: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Events for server-sent events: ``{"kind": "text"|"audio", ...}`` as targets finish, then ``done``."""
-        task, inputs, overrides, sampler = self.parse(form)
+    def stream(self, parsed: tuple) -> Iterator[dict[str, Any]]:
+        """Events for server-sent events from :meth:`parse`'s result: ``{"kind": "text"|"audio", ...}`` as
+        targets finish, then ``done`` (or ``error``)."""
+        task, inputs, overrides, sampler = parsed
         t0 = time.perf_counter()
         with self.lock, self._sampler(sampler):
             try:
@@ -170,15 +174,15 @@ class ServeApp:
                                "seconds": chunk.elapsed_s}
                     else:
                         yield {"kind": "done", **self.result(task, chunk.value, time.perf_counter() - t0)}
-            except (UserError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the headers are sent: the error travels as an event
                 yield {"kind": "error", "error": str(exc)}
 
     def _sampler(self, name: Optional[str]):
         """For one request: the model's sampler replaced by the registered ``name`` (under the lock)."""
         import contextlib
 
-        if name is None:
-            return contextlib.nullcontext()
+        if name is None or name == _node_name(self.pipe.model.config.get("sampler"), "low_confidence"):
+            return contextlib.nullcontext()  # the model's own sampler, with its configured settings
         from ..compose import build_component
 
         model = self.pipe.model
@@ -237,3 +241,14 @@ def _node_name(node: Any, default: str) -> str:
     if node is None:
         return default
     return str(node if isinstance(node, str) else node.get("name", default))
+
+
+def _declared_seconds(path: str) -> Optional[float]:
+    """The duration a file's header declares (before anything is decoded), or None when unreadable."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(path)
+    except Exception:  # noqa: BLE001 - load_audio names the problem
+        return None
+    return info.frames / info.samplerate if info.samplerate else None

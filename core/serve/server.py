@@ -24,6 +24,7 @@ from typing import Any
 from .app import RequestError, ServeApp
 
 STATIC = Path(__file__).with_name("static")
+STATIC_FILES = ("index.html", "app.js", "style.css")  # the only files served from it
 
 
 def parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
@@ -46,6 +47,7 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
 def make_handler(app: ServeApp) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "diffuspeech-serve"
+        timeout = 60  # seconds a connection may stall (a slow upload does not hold a thread forever)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
             if getattr(self.server, "verbose", False):
@@ -77,16 +79,17 @@ def make_handler(app: ServeApp) -> type[BaseHTTPRequestHandler]:
                 if path.startswith("/static/"):
                     name = path[len("/static/"):]
                     file = STATIC / name
-                    if "/" in name or not file.is_file():
+                    if name not in STATIC_FILES or not file.is_file():
                         raise RequestError(f"no static file {name!r}", 404)
                     return self._send(200, file.read_bytes(), (mimetypes.guess_type(name)[0] or "application/octet-stream"))
                 if path == "/api/model":
                     return self._json(200, app.model_info())
                 if path.startswith("/api/audio/") and path.endswith(".wav"):
                     key = path[len("/api/audio/"):-4]
-                    if key not in app.audio:
+                    data = app.audio.get(key)
+                    if data is None:
                         raise RequestError(f"no generated audio {key!r} (the server keeps the latest answers only)", 404)
-                    return self._send(200, app.audio[key], "audio/wav")
+                    return self._send(200, data, "audio/wav")
                 raise RequestError(f"no such page: {path}", 404)
             except Exception as exc:  # noqa: BLE001 - every error becomes a JSON answer
                 self._error(exc)
@@ -109,14 +112,17 @@ def make_handler(app: ServeApp) -> type[BaseHTTPRequestHandler]:
                 if path == "/api/generate":
                     return self._json(200, app.generate(self._form()))
                 if path == "/api/stream":
-                    events = app.stream(self._form())
+                    events = app.stream(app.parse(self._form()))  # form errors answer a 4xx before any header
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")
                     self.send_header("Cache-Control", "no-store")
                     self.end_headers()
-                    for event in events:
-                        self.wfile.write(f"event: {event['kind']}\ndata: {json.dumps(event)}\n\n".encode())
-                        self.wfile.flush()
+                    try:
+                        for event in events:
+                            self.wfile.write(f"event: {event['kind']}\ndata: {json.dumps(event)}\n\n".encode())
+                            self.wfile.flush()
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # the client went away
                     return None
                 raise RequestError(f"no such endpoint: POST {path}", 404)
             except Exception as exc:  # noqa: BLE001 - every error becomes a JSON answer

@@ -60,6 +60,13 @@ class MelEncoder(SpeechEncoder):
                 conv.bias.zero_()
         self.requires_grad_(bool(c.trainable))
 
+    def check_audio(self, num_samples: int, where: str) -> None:
+        super().check_audio(num_samples, where)
+        if num_samples <= self.config.n_fft // 2:
+            from diffuspeech.encoder import EncoderInputError
+
+            raise EncoderInputError(f"{where}: {num_samples} samples is too short for the encoder (more than {self.config.n_fft // 2} needed)")
+
     @property
     def sample_rate(self) -> int:
         return int(self.config.sample_rate)
