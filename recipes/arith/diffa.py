@@ -35,7 +35,7 @@ from tqdm import tqdm
 from diffuspeech.compose import apply_overrides
 
 from .corpus import read_manifest
-from .train import build_text_tokenizer
+from .train import build_text_tokenizer, scale_stages
 
 TEMPLATE = Path(__file__).with_name("diffa.yaml")
 FAST, SLOW = 170, 150  # espeak words/min: at or above FAST is "fast", at or below SLOW "slow"
@@ -162,11 +162,7 @@ def run(cfg: ArithDiffaConfig) -> dict[str, Any]:
     if OmegaConf.is_missing(config.backbone, "vocab_size"):
         config.backbone.vocab_size = vocab.size
     config.train.progress = cfg.progress
-    if cfg.scale != 1.0:
-        for stage in config.train.stages:
-            stage.steps = max(1, int(round(stage.steps * cfg.scale)))
-            stage.warmup_steps = min(stage.warmup_steps, max(0, stage.steps // 5))
-        config.train.checkpoint_every = max(1, min(int(config.train.checkpoint_every), *[s.steps for s in config.train.stages]))
+    scale_stages(config, cfg.scale)
     report: dict[str, Any] = {"data": str(data_dir), "train_rows": len(train_rows), "dev_rows": len(dev_rows)}
 
     runs = {"semantic + acoustic": train(config, out=out / "train")}

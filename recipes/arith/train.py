@@ -61,6 +61,16 @@ class ArithTrainConfig:
     resume: bool = False  # continue an interrupted backbone training run
 
 
+def scale_stages(config: Any, scale: float) -> None:
+    """Multiply every training stage's steps by ``scale`` (``--scale``; warmup and checkpoint spacing follow)."""
+    if scale == 1.0:
+        return
+    for stage in config.train.stages:
+        stage.steps = max(1, int(round(stage.steps * scale)))
+        stage.warmup_steps = min(stage.warmup_steps, max(0, stage.steps // 5))
+    config.train.checkpoint_every = max(1, min(int(config.train.checkpoint_every), *[s.steps for s in config.train.stages]))
+
+
 def build_text_tokenizer(rows: list[dict], path: Path, extra_words: tuple[str, ...] = ()) -> Path:
     """Word-level tokenizer over every word of the corpus text (plus the numbers 0..20 and ``extra_words``)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -232,11 +242,7 @@ def run(cfg: ArithTrainConfig) -> dict[str, Any]:
     vocab = Vocab(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(VocabConfig), config.vocab)))
     if OmegaConf.is_missing(config.backbone, "vocab_size"):
         config.backbone.vocab_size = vocab.size
-    if cfg.scale != 1.0:
-        for stage in config.train.stages:
-            stage.steps = max(1, int(round(stage.steps * cfg.scale)))
-            stage.warmup_steps = min(stage.warmup_steps, max(0, stage.steps // 5))
-        config.train.checkpoint_every = max(1, min(int(config.train.checkpoint_every), *[s.steps for s in config.train.stages]))
+    scale_stages(config, cfg.scale)
     report["ceiling"] = resynthesis_ceiling(OmegaConf.to_container(config, resolve=True), train_rows, data_dir)
     print(
         f"spoken-channel ceiling on the {report['ceiling']['answers']} assistant answers: "
